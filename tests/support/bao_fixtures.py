@@ -1,0 +1,89 @@
+"""Pytest fixtures around one OpenBao dev server shared by the whole session.
+
+``bao_server`` starts the server once. Tests take ``bao``, which repairs the
+damage an earlier test's fault injection left behind (stopped or sealed), so a
+failure in one test cannot cascade into the next. Data written by earlier tests
+stays unless the server had to be restarted, so use distinct service names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.bao_server import BaoServer, ServiceCreds
+
+
+@dataclass(frozen=True)
+class AppRoleFiles:
+    """Files holding one service's AppRole credentials, as tokend reads them."""
+
+    role_id_file: Path
+    secret_id_file: Path
+
+
+WriteAppRoleFiles = Callable[[ServiceCreds], AppRoleFiles]
+
+
+@pytest.fixture(scope="session")
+def bao_server() -> Iterator[BaoServer]:
+    """Start one OpenBao dev server for the session, AppRole enabled."""
+    with BaoServer() as server:
+        server.enable_approle()
+        yield server
+
+
+@pytest.fixture
+def bao(bao_server: BaoServer) -> BaoServer:
+    """Return the session's OpenBao server, running, unsealed and with AppRole.
+
+    A server an earlier test stopped is restarted, which empties it; a sealed
+    one is unsealed and keeps its data.
+    """
+    repair_bao_server(bao_server)
+
+    return bao_server
+
+
+@pytest.fixture
+def approle_files(tmp_path: Path) -> WriteAppRoleFiles:
+    """Return a function writing a service's role_id and secret_id files (0600).
+
+    The files land in ``tmp_path/approle/<service name>/``.
+    """
+
+    def write(creds: ServiceCreds) -> AppRoleFiles:
+        directory = tmp_path / "approle" / creds.name
+        directory.mkdir(parents=True, exist_ok=True)
+        files = AppRoleFiles(
+            role_id_file=directory / "role_id",
+            secret_id_file=directory / "secret_id",
+        )
+        write_private_file(files.role_id_file, creds.role_id)
+        write_private_file(files.secret_id_file, creds.secret_id)
+
+        return files
+
+    return write
+
+
+def repair_bao_server(server: BaoServer) -> None:
+    """Restart a stopped server, unseal a sealed one, and make sure of AppRole."""
+    if not server.running:
+        server.restart()
+    elif server.is_sealed():
+        server.unseal()
+    server.enable_approle()
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only, whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        # The mode argument only applies to new files; an older file keeps its.
+        os.fchmod(file.fileno(), 0o600)
+        file.write(text)

@@ -1,0 +1,422 @@
+"""Configuration models: what each key means, its default and its checks.
+
+The file layer (TOML, ``conf.d`` drop-ins, error messages naming files) lives
+in :mod:`tokend.config_files`; this module validates the merged mapping and
+resolves every token's effective settings (its own keys over the defaults of
+``[oauth]`` and ``[files]``).
+"""
+
+from __future__ import annotations
+
+import grp
+import ipaddress
+import pwd
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ClientAuth = Literal[
+    "client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth"
+]
+SUPPORTED_CLIENT_AUTH = ("client_secret_basic", "client_secret_post")
+AudienceParam = Literal["resource", "audience", "none"]
+FileFormat = Literal["raw", "header", "json"]
+OnExpiry = Literal["remove", "keep"]
+
+TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+WIDEST_MODE = 0o640
+
+
+def parse_mode(value: Any) -> int:
+    """Accept ``"0640"``, ``"640"`` or a TOML integer such as ``0o640``."""
+    if isinstance(value, bool):
+        raise ValueError('expected an octal mode such as "0640"')
+    if isinstance(value, int):
+        mode = value
+    elif isinstance(value, str) and re.fullmatch(r"0?o?[0-7]{3,4}", value.strip()):
+        mode = int(value.strip().replace("o", ""), 8)
+    else:
+        raise ValueError(f'expected an octal mode such as "0640", got {value!r}')
+    if not 0 <= mode <= 0o777:
+        raise ValueError(f"mode {mode:#o} has bits beyond 0777")
+    if mode & 0o400 == 0:
+        raise ValueError(f"mode {mode:04o} does not let the owner read the file")
+    if mode & 0o133:
+        raise ValueError(
+            f"mode {mode:04o} grants write or execute beyond the owner; "
+            "token files are data, at most 0640 (0644 with allow_world_readable)"
+        )
+    return mode
+
+
+Mode = Annotated[int, BeforeValidator(parse_mode)]
+Seconds = Annotated[float, Field(gt=0, le=86400)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VaultSettings(Section):
+    address: str
+    auth: Literal["approle", "token"] = "approle"
+    approle_mount: str = "approle"
+    role_id: str | None = None
+    role_id_file: str | None = None
+    secret_id_file: str | None = None
+    token_file: str | None = None
+    kv_mount: str = "secret"
+    client_id_key: str = "client_id"
+    client_secret_key: str = "client_secret"
+    ca_file: Path | None = None
+    namespace: str | None = None
+    timeout: Seconds = 10.0
+
+    @model_validator(mode="after")
+    def _check_auth(self) -> VaultSettings:
+        if self.auth == "approle":
+            if (self.role_id is None) == (self.role_id_file is None):
+                raise ValueError(
+                    'auth = "approle" needs exactly one of role_id or role_id_file'
+                )
+            if self.secret_id_file is None:
+                raise ValueError('auth = "approle" needs secret_id_file')
+        return self
+
+
+class OAuthDefaults(Section):
+    """Keys of ``[oauth]``; every token may override each one."""
+
+    token_url: str | None = None
+    issuer: str | None = None
+    client_auth: ClientAuth = "client_secret_basic"
+    audience_param: AudienceParam = "resource"
+    scopes: list[str] = Field(default_factory=list)
+    extra_params: dict[str, str] = Field(default_factory=dict)
+    timeout: Seconds = 10.0
+    ca_file: Path | None = None
+    allow_insecure_http: bool = False
+    default_lifetime: Annotated[int, Field(ge=1, le=31_536_000)] = 300
+    min_lifetime: Annotated[int, Field(ge=0, le=86400)] = 10
+
+
+class FilesDefaults(Section):
+    """Keys of ``[files]``; every token may override each one."""
+
+    directory: Path = Path("/run/tokend")
+    mode: Mode = WIDEST_MODE
+    format: FileFormat = "raw"
+    owner: str | None = None
+    group: str | None = None
+    metadata: bool = True
+    on_expiry: OnExpiry = "remove"
+    allow_world_readable: bool = False
+
+
+class RefreshSettings(Section):
+    """When to refresh and how to back off; shares are of the token lifetime."""
+
+    min_share: Annotated[float, Field(gt=0, lt=1)] = 0.7
+    max_share: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    margin: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    retry_initial: Annotated[float, Field(gt=0, le=600)] = 1.0
+    retry_max: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    retry_slow: Annotated[float, Field(gt=0, le=86400)] = 600.0
+
+    @model_validator(mode="after")
+    def _check_shares(self) -> RefreshSettings:
+        if self.min_share > self.max_share:
+            raise ValueError("min_share must not exceed max_share")
+        if self.retry_initial > self.retry_max:
+            raise ValueError("retry_initial must not exceed retry_max")
+        return self
+
+
+class ControlSettings(Section):
+    socket: Path = Path("/run/tokend/control.sock")
+    group: str | None = "tokend"
+
+
+class DaemonSettings(Section):
+    startup_timeout: Seconds = 30.0
+    state_directory: Path | None = None
+
+
+class TokenSettings(Section):
+    """One ``[tokens.NAME]`` table. ``None`` means: inherit the default."""
+
+    credentials: str
+    audience: str | None = None
+    scopes: list[str] | None = None
+    path: Path | None = None
+    signing_key: str | None = None
+    # overrides of [oauth]
+    token_url: str | None = None
+    issuer: str | None = None
+    client_auth: ClientAuth | None = None
+    audience_param: AudienceParam | None = None
+    extra_params: dict[str, str] | None = None
+    timeout: Seconds | None = None
+    ca_file: Path | None = None
+    allow_insecure_http: bool | None = None
+    default_lifetime: Annotated[int, Field(ge=1, le=31_536_000)] | None = None
+    min_lifetime: Annotated[int, Field(ge=0, le=86400)] | None = None
+    # overrides of [files]
+    directory: Path | None = None
+    mode: Mode | None = None
+    format: FileFormat | None = None
+    owner: str | None = None
+    group: str | None = None
+    metadata: bool | None = None
+    on_expiry: OnExpiry | None = None
+    allow_world_readable: bool | None = None
+
+    @field_validator("credentials")
+    @classmethod
+    def _check_credentials(cls, value: str) -> str:
+        if not value.strip("/") or ".." in value.split("/"):
+            raise ValueError("expected a KV v2 path such as 'tokend/orders-client'")
+        return value.strip("/")
+
+    @field_validator("scopes", mode="before")
+    @classmethod
+    def _split_scopes(cls, value: Any) -> Any:
+        return value.split() if isinstance(value, str) else value
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """The effective settings of one token, defaults resolved."""
+
+    name: str
+    credentials: str
+    audience: str | None
+    scopes: tuple[str, ...]
+    token_url: str | None
+    issuer: str | None
+    client_auth: str
+    audience_param: str
+    extra_params: tuple[tuple[str, str], ...]
+    timeout: float
+    ca_file: Path | None
+    default_lifetime: int
+    min_lifetime: int
+    path: Path
+    mode: int
+    format: str
+    uid: int | None
+    gid: int | None
+    metadata: bool
+    on_expiry: str
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".json")
+
+    @property
+    def endpoint_key(self) -> tuple[str | None, str | None, Path | None, float]:
+        """Tokens with equal keys share one HTTP session and connection pool."""
+        return (self.token_url, self.issuer, self.ca_file, self.timeout)
+
+
+class Settings(BaseSettings):
+    """The whole configuration; environment ``TOKEND_<SECTION>__<KEY>`` wins."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TOKEND_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    vault: VaultSettings
+    oauth: OAuthDefaults = Field(default_factory=OAuthDefaults)
+    files: FilesDefaults = Field(default_factory=FilesDefaults)
+    refresh: RefreshSettings = Field(default_factory=RefreshSettings)
+    control: ControlSettings = Field(default_factory=ControlSettings)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    tokens: dict[str, TokenSettings] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier sources win: the environment overrides the files.
+        return (env_settings, init_settings)
+
+    @property
+    def state_directory(self) -> Path:
+        return self.daemon.state_directory or self.files.directory / ".state"
+
+
+def resolve_tokens(settings: Settings) -> tuple[dict[str, TokenConfig], list[str]]:
+    """Resolve each token's effective settings; return them and the problems.
+
+    Problems are strings ``"tokens.NAME.KEY: what is wrong"``.
+    """
+    tokens: dict[str, TokenConfig] = {}
+    problems: list[str] = []
+    paths: dict[Path, str] = {}
+    for name, spec in settings.tokens.items():
+        try:
+            token = _resolve_token(name, spec, settings)
+        except _KeyProblem as exc:
+            problems.append(f"tokens.{name}.{exc.key}: {exc}")
+            continue
+        for path in (token.path, token.metadata_path):
+            if path in paths:
+                problems.append(
+                    f"tokens.{name}.path: {path} is already used by token "
+                    f"{paths[path]!r}"
+                )
+            paths[path] = name
+        tokens[name] = token
+    if not settings.tokens:
+        problems.append("tokens: no [tokens.NAME] table; nothing to do")
+
+    return tokens, problems
+
+
+class _KeyProblem(ValueError):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _resolve_token(name: str, spec: TokenSettings, settings: Settings) -> TokenConfig:
+    if not TOKEN_NAME.match(name) or name.endswith(".json"):
+        raise _KeyProblem(
+            "name",
+            "a token name is 1-64 letters, digits, '.', '_' or '-', starts with a "
+            "letter or digit and does not end in '.json'",
+        )
+
+    oauth, files = settings.oauth, settings.files
+
+    def pick(key: str, default: Any) -> Any:
+        value = getattr(spec, key)
+        return default if value is None else value
+
+    if spec.token_url is not None or spec.issuer is not None:
+        token_url, issuer = spec.token_url, spec.issuer
+    else:
+        token_url, issuer = oauth.token_url, oauth.issuer
+    if (token_url is None) == (issuer is None):
+        raise _KeyProblem(
+            "token_url",
+            "set exactly one of token_url or issuer (here or in [oauth])",
+        )
+    allow_http = pick("allow_insecure_http", oauth.allow_insecure_http)
+    for key, url in (("token_url", token_url), ("issuer", issuer)):
+        if url is not None:
+            _check_url(key, url, allow_http)
+
+    client_auth = pick("client_auth", oauth.client_auth)
+    if client_auth not in SUPPORTED_CLIENT_AUTH:
+        raise _KeyProblem(
+            "client_auth",
+            f"{client_auth!r} is not supported by this version of tokend; "
+            "use 'client_secret_basic' or 'client_secret_post'",
+        )
+    audience_param = pick("audience_param", oauth.audience_param)
+    if spec.audience is None and audience_param != "none":
+        raise _KeyProblem(
+            "audience",
+            f"missing; audience_param is {audience_param!r} "
+            '(set audience_param = "none" to request without one)',
+        )
+
+    mode = pick("mode", files.mode)
+    if mode & 0o004 and not pick("allow_world_readable", files.allow_world_readable):
+        raise _KeyProblem(
+            "mode",
+            f"{mode:04o} lets every user read the token; "
+            "set allow_world_readable = true if that is really meant",
+        )
+    directory = pick("directory", files.directory)
+    path = spec.path if spec.path is not None else directory / name
+    if not path.is_absolute():
+        raise _KeyProblem("path", f"expected an absolute path, got {str(path)!r}")
+
+    return TokenConfig(
+        name=name,
+        credentials=spec.credentials,
+        audience=spec.audience,
+        scopes=tuple(pick("scopes", oauth.scopes)),
+        token_url=token_url,
+        issuer=issuer,
+        client_auth=client_auth,
+        audience_param=audience_param,
+        extra_params=tuple(sorted(pick("extra_params", oauth.extra_params).items())),
+        timeout=pick("timeout", oauth.timeout),
+        ca_file=pick("ca_file", oauth.ca_file),
+        default_lifetime=pick("default_lifetime", oauth.default_lifetime),
+        min_lifetime=pick("min_lifetime", oauth.min_lifetime),
+        path=path,
+        mode=mode,
+        format=pick("format", files.format),
+        uid=_lookup_user(pick("owner", files.owner)),
+        gid=_lookup_group(pick("group", files.group)),
+        metadata=pick("metadata", files.metadata),
+        on_expiry=pick("on_expiry", files.on_expiry),
+    )
+
+
+def _check_url(key: str, url: str, allow_http: bool) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise _KeyProblem(key, f"expected an https:// URL, got {url!r}")
+    if parts.scheme == "http" and not allow_http and not _is_loopback(parts.hostname):
+        raise _KeyProblem(
+            key,
+            f"plain http is allowed only to loopback, got {url!r}; "
+            "use https or set allow_insecure_http = true",
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _lookup_user(owner: str | None) -> int | None:
+    if owner is None:
+        return None
+    try:
+        return int(owner) if owner.isdigit() else pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        raise _KeyProblem("owner", f"no user {owner!r} on this machine") from None
+
+
+def _lookup_group(group: str | None) -> int | None:
+    if group is None:
+        return None
+    try:
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise _KeyProblem("group", f"no group {group!r} on this machine") from None

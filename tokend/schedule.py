@@ -1,0 +1,101 @@
+"""When to refresh a token and how long to wait after a failure.
+
+Everything here is a pure function of its arguments (times in seconds, a
+random source), so that tests and fleet simulations can drive tokend's real
+scheduling on virtual time.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from tokend.config import RefreshSettings as RefreshPolicy
+from tokend.errors import ErrorKind
+
+# Sleep in slices so a suspended VM or a jump of the wall clock is noticed
+# within this many seconds after it happens.
+WAKE_SLICE = 20.0
+
+
+def refresh_after(lifetime: float, policy: RefreshPolicy, rng: random.Random) -> float:
+    """Return how many seconds after issue a token should be refreshed.
+
+    The moment is drawn uniformly between ``min_share`` and ``max_share`` of
+    the lifetime, so that many tokens issued together spread out. If that
+    window ends later than ``margin`` before expiry, it is scaled down to end
+    there, but never below half the lifetime.
+    """
+    start, end = policy.min_share * lifetime, policy.max_share * lifetime
+    latest = max(lifetime - policy.margin, lifetime / 2)
+    if end > latest:
+        scale = latest / end
+        start, end = start * scale, latest
+
+    return rng.uniform(start, end)
+
+
+def retry_after(
+    kind: ErrorKind,
+    attempt: int,
+    policy: RefreshPolicy,
+    rng: random.Random,
+    server_hint: float | None = None,
+) -> float:
+    """Return the seconds to wait before retry number ``attempt`` (from 1).
+
+    Retryable failures back off exponentially with full jitter; the server's
+    ``Retry-After`` is honoured but capped at ``retry_max``. Credential and
+    persistent failures wait about ``retry_slow``: a person has to act first.
+    """
+    if kind != "retryable":
+        return policy.retry_slow * rng.uniform(0.8, 1.0)
+
+    ceiling = min(policy.retry_max, policy.retry_initial * 2 ** min(attempt - 1, 30))
+    delay = max(0.1, rng.uniform(0, ceiling))
+    if server_hint is not None:
+        delay = max(delay, min(server_hint, policy.retry_max))
+
+    return delay
+
+
+class Clock(Protocol):
+    """Time sources: ``boottime`` counts suspend and ignores wall-clock jumps."""
+
+    def boottime(self) -> float: ...
+
+    def wall(self) -> float: ...
+
+
+class SystemClock:
+    def boottime(self) -> float:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+    def wall(self) -> float:
+        return time.time()
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A moment on both clocks; it has passed when either clock says so.
+
+    The boot clock keeps the schedule right across wall-clock jumps; the wall
+    clock catches a token that readers (and their callees) would already
+    consider expired after the wall clock jumped forward.
+    """
+
+    boot: float
+    wall: float
+
+    @classmethod
+    def after(cls, clock: Clock, seconds: float) -> Deadline:
+        return cls(clock.boottime() + seconds, clock.wall() + seconds)
+
+    def remaining(self, clock: Clock) -> float:
+        return min(self.boot - clock.boottime(), self.wall - clock.wall())
+
+    def next_sleep(self, clock: Clock) -> float:
+        """Seconds to sleep before looking again; 0 once the deadline passed."""
+        return max(0.0, min(self.remaining(clock), WAKE_SLICE))

@@ -1,0 +1,137 @@
+"""State records: what a restarted daemon needs to reuse a still-valid token.
+
+One small JSON file per token in the state directory (mode 0700, files
+0600). It holds the request fingerprint, the token's expiry and a hash of
+the token, never the token itself: the token is read back from its own file
+and accepted only if its hash matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from tokend.errors import FileSinkError
+from tokend.files import parse_token_file, read_own_file, remove_file, write_atomic
+from tokend.token import AccessToken, format_time, parse_time
+
+logger = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+
+
+def token_digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class StateRecord:
+    name: str
+    request: str
+    digest: str
+    token_type: str
+    issued_at: str
+    lifetime: float
+    scope: list[str]
+    audience: str | None
+    generation: int
+    path: str
+    format: str
+    version: int = STATE_VERSION
+
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        request: str,
+        token: AccessToken,
+        generation: int,
+        path: Path,
+        fmt: str,
+    ) -> StateRecord:
+        return cls(
+            name=name,
+            request=request,
+            digest=token_digest(token.value.get_secret_value()),
+            token_type=token.token_type,
+            issued_at=format_time(token.issued_at),
+            lifetime=token.lifetime,
+            scope=list(token.scope),
+            audience=token.audience,
+            generation=generation,
+            path=str(path),
+            format=fmt,
+        )
+
+
+class StateStore:
+    """The state directory; every method is blocking file I/O."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def prepare(self) -> None:
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            os.chmod(self.directory, 0o700)
+        except OSError as exc:
+            raise FileSinkError(
+                f"cannot create state directory {self.directory}: {exc.strerror}"
+            ) from exc
+
+    def save(self, record: StateRecord) -> None:
+        data = json.dumps(asdict(record), indent=2).encode()
+        write_atomic(self._path(record.name), data, 0o600)
+
+    def forget(self, name: str) -> None:
+        remove_file(self._path(name))
+
+    def load(self, name: str) -> StateRecord | None:
+        data = read_own_file(self._path(name))
+        if data is None:
+            return None
+        try:
+            record = StateRecord(**json.loads(data))
+        except (ValueError, TypeError):
+            logger.warning("ignoring unreadable state record token=%s", name)
+            return None
+
+        return record if record.version == STATE_VERSION else None
+
+    def restore(self, name: str, request: str) -> tuple[AccessToken, int] | None:
+        """Return the cached token and its generation if it is still usable.
+
+        Usable means: the record exists, was made for the same request, and
+        the token file still holds exactly the token the record describes.
+        Expiry is the caller's to judge.
+        """
+        record = self.load(name)
+        if record is None or record.request != request:
+            return None
+        data = read_own_file(Path(record.path))
+        value = parse_token_file(data, record.format) if data else None
+        if value is None or token_digest(value) != record.digest:
+            return None
+        try:
+            issued_at = parse_time(record.issued_at)
+        except ValueError:
+            return None
+        token = AccessToken(
+            value=SecretStr(value),
+            token_type=record.token_type,
+            issued_at=issued_at,
+            lifetime=record.lifetime,
+            scope=tuple(record.scope),
+            audience=record.audience,
+        )
+
+        return token, record.generation
+
+    def _path(self, name: str) -> Path:
+        return self.directory / f"{name}.json"
