@@ -5,6 +5,7 @@
     TokendError
     ├── ConfigError            fix the configuration file
     ├── CredentialsError       fix what Vault holds or allows (policy, path, secret_id)
+    │   ├── VaultDeniedError        fix the Vault policy (403)
     │   └── VaultUnavailableError   wait: Vault is sealed, down or unreachable
     ├── TokenEndpointError     the OAuth server refused or failed
     │   ├── EndpointUnavailableError  wait: network, timeout, 5xx, 429
@@ -52,6 +53,10 @@ class CredentialsError(TokendError):
     """Vault refused, or does not hold, what a token needs."""
 
     kind: ErrorKind = "persistent"
+
+
+class VaultDeniedError(CredentialsError):
+    """Vault answered 403: the policy does not allow it, or the login ended."""
 
 
 class VaultUnavailableError(CredentialsError):

@@ -82,3 +82,11 @@ class AccessToken:
             f"expires_at={format_time(self.expires_at)!r}, "
             f"audience={self.audience!r}, scope={self.scope!r})"
         )
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """An OAuth client's id and secret, as read from Vault."""
+
+    client_id: str
+    client_secret: SecretStr

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -52,7 +52,8 @@ class ServiceCreds:
     name: str
     role_name: str
     role_id: str
-    secret_id: str
+    # Kept out of the repr so assertion output and logs never show it.
+    secret_id: str = field(repr=False)
     policy: str
     kv_path: str
     kv_mount: str = KV_MOUNT

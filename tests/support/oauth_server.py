@@ -69,7 +69,9 @@ def encode_basic_auth(client_id: str, client_secret: str) -> str:
     RFC 6749 §2.3.1 form-urlencodes both parts before they are joined and base64d,
     so a ':' or '%' in either survives.
     """
-    pair = f"{urllib.parse.quote_plus(client_id)}:{urllib.parse.quote_plus(client_secret)}"
+    pair = (
+        f"{urllib.parse.quote_plus(client_id)}:{urllib.parse.quote_plus(client_secret)}"
+    )
     return "Basic " + base64.b64encode(pair.encode()).decode()
 
 
@@ -102,7 +104,7 @@ class OAuthServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        self.close()
 
     @property
     def running(self) -> bool:
@@ -119,10 +121,11 @@ class OAuthServer:
         if self.running:
             raise OAuthServerError(f"OAuth server at {self.issuer} is already running")
 
+        node = find_node_binary()
         if self._state_dir is None:
             self._state_dir = tempfile.TemporaryDirectory(prefix="tokend-oauth-")
         command = [
-            find_node_binary(),
+            node,
             str(SERVER_DIR / "server.mjs"),
             f"--port={self.port}",
             f"--ttl={self.default_ttl}",
@@ -258,7 +261,9 @@ class OAuthServer:
             body["retry_after"] = retry_after
         self._call_admin("PUT", "/admin/fail", body)
 
-    def introspect(self, token: str, client_id: str, client_secret: str) -> dict[str, Any]:
+    def introspect(
+        self, token: str, client_id: str, client_secret: str
+    ) -> dict[str, Any]:
         """Return the introspection response for an opaque token.
 
         oidc-provider refuses to introspect JWT access tokens (400

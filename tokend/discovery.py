@@ -1,0 +1,103 @@
+"""Find the token endpoint from an issuer (RFC 8414, OpenID Connect Discovery)."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+
+from tokend.errors import EndpointUnavailableError, TokenEndpointError
+
+MAX_DOCUMENT = 1 << 20
+
+
+def metadata_urls(issuer: str) -> list[str]:
+    """Return the discovery URLs to try for ``issuer``, in order.
+
+    RFC 8414 §3.1 inserts the well-known segment before the issuer's path;
+    OpenID Connect Discovery 1.0 §4 appends it after the path.
+    """
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    rfc8414 = urlunsplit(
+        (
+            parts.scheme,
+            parts.netloc,
+            "/.well-known/oauth-authorization-server" + path,
+            "",
+            "",
+        )
+    )
+    oidc = issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+    return [oidc, rfc8414] if not path else [rfc8414, oidc]
+
+
+async def discover_token_endpoint(
+    session: aiohttp.ClientSession, issuer: str, allow_http: bool
+) -> str:
+    """Return the ``token_endpoint`` the issuer's metadata names.
+
+    The metadata's ``issuer`` must equal the configured one exactly (RFC 8414
+    §3.3), so that a look-alike server cannot hand out its own endpoint.
+
+    Raises:
+        EndpointUnavailableError: no metadata document could be fetched.
+        TokenEndpointError: the metadata is wrong; fix the issuer setting.
+    """
+    failures = []
+    for url in metadata_urls(issuer):
+        try:
+            async with session.get(
+                url, headers={"Accept": "application/json"}, allow_redirects=False
+            ) as response:
+                body = await response.content.read(MAX_DOCUMENT)
+                status = response.status
+        except TimeoutError:
+            failures.append(f"{url}: timed out")
+            continue
+        except (aiohttp.ClientError, OSError) as exc:
+            failures.append(f"{url}: {str(exc)[:120] or type(exc).__name__}")
+            continue
+        if status != 200:
+            failures.append(f"{url}: HTTP {status}")
+            continue
+        try:
+            document = json.loads(body)
+        except ValueError:
+            failures.append(f"{url}: not JSON")
+            continue
+        if isinstance(document, dict):
+            return _token_endpoint(document, issuer, url, allow_http)
+        failures.append(f"{url}: not a JSON object")
+
+    raise EndpointUnavailableError(
+        f"cannot discover the token endpoint of issuer {issuer}: " + "; ".join(failures)
+    )
+
+
+def _token_endpoint(
+    document: dict[str, object], issuer: str, url: str, allow_http: bool
+) -> str:
+    if document.get("issuer") != issuer:
+        raise TokenEndpointError(
+            f"discovery document {url} names issuer {document.get('issuer')!r}, "
+            f"not the configured {issuer!r}; the issuer must match exactly"
+        )
+    endpoint = document.get("token_endpoint")
+    if not isinstance(endpoint, str) or not endpoint:
+        raise TokenEndpointError(f"discovery document {url} has no token_endpoint")
+    parts = urlsplit(endpoint)
+    loopback = (parts.hostname or "") in ("localhost", "::1") or (
+        parts.hostname or ""
+    ).startswith("127.")
+    if parts.scheme != "https" and not (
+        parts.scheme == "http" and (loopback or allow_http)
+    ):
+        raise TokenEndpointError(
+            f"discovery document {url} names token_endpoint {endpoint!r}; "
+            "only https is allowed (plain http only on loopback)"
+        )
+
+    return endpoint

@@ -1,0 +1,380 @@
+"""The token endpoint client: one ``client_credentials`` request, strictly read.
+
+Every aiohttp error is turned into a :mod:`tokend.errors` error here, so that
+no library exception (whose repr may carry request headers) travels further.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import ssl
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote_plus
+
+import aiohttp
+from pydantic import SecretStr
+
+from tokend import __version__
+from tokend.discovery import discover_token_endpoint
+from tokend.errors import (
+    EndpointUnavailableError,
+    ErrorKind,
+    InvalidClientError,
+    TokenEndpointError,
+    TokenRejectedError,
+)
+from tokend.token import AccessToken, ClientCredentials, decode_jwt_claims
+
+MAX_BODY = 1 << 20
+MAX_LIFETIME = 366 * 86400
+USER_AGENT = f"tokend/{__version__}"
+
+# RFC 6749 §5.2 and RFC 8707 §2 error codes, by what tokend does next.
+RETRYABLE_ERRORS = {"temporarily_unavailable", "server_error", "slow_down"}
+RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class TokenRequest:
+    """What is asked of the token endpoint, apart from the credentials."""
+
+    endpoint: str
+    client_auth: str
+    audience: str | None
+    audience_param: str
+    scopes: tuple[str, ...]
+    extra_params: tuple[tuple[str, str], ...]
+    default_lifetime: int
+    min_lifetime: int
+
+    def fingerprint(self, credentials_path: str) -> str:
+        """Identify the request, so a changed one invalidates a cached token.
+
+        The client_id is compared separately (see :mod:`tokend.state`), so a
+        restart can match its cache without asking Vault first.
+        """
+        described = json.dumps(
+            [
+                self.endpoint,
+                credentials_path,
+                self.client_auth,
+                self.audience,
+                self.audience_param,
+                sorted(self.scopes),
+                list(self.extra_params),
+            ]
+        )
+        return hashlib.sha256(described.encode()).hexdigest()[:32]
+
+    def form(self, credentials: ClientCredentials) -> dict[str, str]:
+        form = dict(self.extra_params)
+        form["grant_type"] = "client_credentials"
+        if self.scopes:
+            form["scope"] = " ".join(self.scopes)
+        if self.audience is not None and self.audience_param != "none":
+            form[self.audience_param] = self.audience
+        if self.client_auth == "client_secret_post":
+            form["client_id"] = credentials.client_id
+            form["client_secret"] = credentials.client_secret.get_secret_value()
+        return form
+
+
+def basic_authorization(credentials: ClientCredentials) -> str:
+    """Return the Basic header value; RFC 6749 §2.3.1 form-encodes both parts."""
+    secret = credentials.client_secret.get_secret_value()
+    pair = f"{quote_plus(credentials.client_id)}:{quote_plus(secret)}"
+
+    return "Basic " + base64.b64encode(pair.encode()).decode()
+
+
+class TokenEndpoint:
+    """One token endpoint with its own HTTP session, TLS context and pool.
+
+    ``location`` is the token URL, or the issuer when ``discover`` is set.
+    """
+
+    def __init__(
+        self,
+        location: str,
+        *,
+        discover: bool = False,
+        ca_file: Path | None = None,
+        timeout: float = 10.0,
+        allow_http: bool = False,
+    ) -> None:
+        self.location = location
+        self.discover = discover
+        self.timeout = timeout
+        self.allow_http = allow_http
+        self._ca_file = ca_file
+        self._token_url: str | None = None if discover else location
+        self._session: aiohttp.ClientSession | None = None
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            tls = ssl.create_default_context(
+                cafile=str(self._ca_file) if self._ca_file else None
+            )
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=tls, limit=32),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                headers={"User-Agent": USER_AGENT},
+            )
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def token_url(self) -> str:
+        if self._token_url is None:
+            self._token_url = await discover_token_endpoint(
+                self.session(), self.location, self.allow_http
+            )
+        return self._token_url
+
+    async def fetch(
+        self, request: TokenRequest, credentials: ClientCredentials, sent_at: datetime
+    ) -> AccessToken:
+        """Request one token; ``sent_at`` anchors its expiry.
+
+        Raises:
+            TokenEndpointError: a classified failure naming the endpoint.
+        """
+        url = await self.token_url()
+        headers = {"Accept": "application/json"}
+        if request.client_auth == "client_secret_basic":
+            headers["Authorization"] = basic_authorization(credentials)
+        secret = credentials.client_secret.get_secret_value()
+        try:
+            async with self.session().post(
+                url,
+                data=request.form(credentials),
+                headers=headers,
+                allow_redirects=False,
+            ) as response:
+                body = await response.content.read(MAX_BODY)
+                status = response.status
+                content_type = response.content_type
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except TimeoutError:
+            raise EndpointUnavailableError(
+                f"token endpoint {url} did not answer within {self.timeout:g}s"
+            ) from None
+        except aiohttp.ClientSSLError as exc:
+            raise EndpointUnavailableError(
+                f"TLS with token endpoint {url} failed ({_reason(exc)}); "
+                "check the server certificate and ca_file"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise EndpointUnavailableError(
+                f"cannot reach token endpoint {url}: {_reason(exc)}"
+            ) from None
+        if self.discover and status in (404, 410):
+            self._token_url = None  # the server may have moved it; look again
+
+        document = _decode(body, content_type)
+        if status == 200 and isinstance(document, dict) and "error" not in document:
+            return read_token_response(document, request, sent_at, url)
+        raise describe_failure(
+            url, status, content_type, body, document, retry_after, secret
+        )
+
+
+def read_token_response(
+    document: dict[str, Any], request: TokenRequest, sent_at: datetime, url: str
+) -> AccessToken:
+    """Turn a successful response into a token, or refuse to publish it."""
+    value = document.get("access_token")
+    if not isinstance(value, str) or not value.strip():
+        raise TokenRejectedError(
+            f"token endpoint {url} answered 200 without an access_token",
+            kind="retryable",
+        )
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise TokenRejectedError(
+            f"token endpoint {url} returned an access_token with spaces or "
+            "control characters; it cannot be sent as a Bearer token",
+            kind="retryable",
+        )
+    token_type = document.get("token_type")
+    if not isinstance(token_type, str) or token_type.lower() != "bearer":
+        raise TokenRejectedError(
+            f"token endpoint {url} returned token_type {token_type!r}; tokend "
+            "publishes Bearer tokens only (RFC 6750)"
+        )
+
+    claims = decode_jwt_claims(value) or {}
+    _check_audience(claims, request, url)
+    lifetime = _lifetime(document.get("expires_in"), claims, sent_at, request, url)
+    if lifetime < max(request.min_lifetime, 1):
+        raise TokenRejectedError(
+            f"token endpoint {url} returned a token valid for {lifetime:g}s, "
+            f"less than min_lifetime ({request.min_lifetime}s)",
+            kind="retryable",
+        )
+
+    return AccessToken(
+        value=SecretStr(value),
+        token_type="Bearer",
+        issued_at=sent_at,
+        lifetime=lifetime,
+        scope=_scope(document.get("scope"), request.scopes),
+        audience=request.audience,
+        claims=claims,
+    )
+
+
+def _lifetime(
+    expires_in: Any,
+    claims: dict[str, Any],
+    sent_at: datetime,
+    request: TokenRequest,
+    url: str,
+) -> float:
+    candidates = []
+    if expires_in is not None and not isinstance(expires_in, bool):
+        try:
+            candidates.append(float(expires_in))
+        except (TypeError, ValueError):
+            raise TokenRejectedError(
+                f"token endpoint {url} sent expires_in {str(expires_in)[:40]!r}, "
+                "expected a number of seconds",
+                kind="retryable",
+            ) from None
+    exp = claims.get("exp")
+    if isinstance(exp, int | float) and not isinstance(exp, bool):
+        iat = claims.get("iat")
+        if isinstance(iat, int | float) and not isinstance(iat, bool) and iat <= exp:
+            candidates.append(float(exp - iat))
+        else:
+            candidates.append(exp - sent_at.timestamp())
+    if not candidates:
+        return float(request.default_lifetime)
+    # Trust whichever says the token dies first.
+    return min(min(candidates), MAX_LIFETIME)
+
+
+def _check_audience(claims: dict[str, Any], request: TokenRequest, url: str) -> None:
+    if not claims or request.audience is None or request.audience_param == "none":
+        return
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud
+    if not isinstance(audiences, list):
+        return
+    if request.audience not in audiences:
+        raise TokenRejectedError(
+            f"token endpoint {url} issued a JWT for audience {aud!r}, but "
+            f"{request.audience!r} was requested; check audience and audience_param"
+        )
+
+
+def _scope(scope: Any, requested: tuple[str, ...]) -> tuple[str, ...]:
+    # RFC 6749 §5.1: an omitted scope is the one requested.
+    if isinstance(scope, str):
+        return tuple(scope.split())
+    if isinstance(scope, list):
+        return tuple(str(item) for item in scope)
+    return requested
+
+
+def describe_failure(
+    url: str,
+    status: int,
+    content_type: str,
+    body: bytes,
+    document: Any,
+    retry_after: float | None,
+    secret: str,
+) -> TokenEndpointError:
+    """Classify a failed response into the error that decides what comes next."""
+    if isinstance(document, dict) and isinstance(document.get("error"), str):
+        code = document["error"][:64]
+        described = document.get("error_description")
+        description = _redact(str(described), secret)[:300] if described else None
+        detail = f"{code}: {description}" if description else code
+        message = f"token endpoint {url} answered {status} {detail}"
+        return _class_for(code, status)(
+            message,
+            kind=_kind_for(code, status),
+            error=code,
+            description=description,
+            status=status,
+            retry_after=retry_after,
+        )
+
+    snippet = _redact(body[:200].decode(errors="replace"), secret)
+    snippet = " ".join(snippet.split())
+    shown = f"{status} {content_type or 'without content type'}"
+    if status == 200:
+        message = f"token endpoint {url} answered 200 with no usable token ({shown})"
+        return TokenRejectedError(message, kind="retryable", status=status)
+    message = f"token endpoint {url} answered {shown}: {snippet!r}"
+    cls: type[TokenEndpointError] = TokenEndpointError
+    if status == 401:
+        cls = InvalidClientError
+    elif status in RETRYABLE_STATUS or status >= 500:
+        cls = EndpointUnavailableError
+
+    return cls(message, status=status, retry_after=retry_after)
+
+
+def _class_for(code: str, status: int) -> type[TokenEndpointError]:
+    if code == "invalid_client":
+        return InvalidClientError
+    if code in RETRYABLE_ERRORS or status >= 500:
+        return EndpointUnavailableError
+    return TokenEndpointError
+
+
+def _kind_for(code: str, status: int) -> ErrorKind:
+    if code == "invalid_client":
+        return "credentials"
+    if code in RETRYABLE_ERRORS or status in RETRYABLE_STATUS or status >= 500:
+        return "retryable"
+    return "persistent"
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Read ``Retry-After`` as seconds or an HTTP-date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+def _decode(body: bytes, content_type: str) -> Any:
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        return None
+    if content_type == "application/x-www-form-urlencoded":
+        return dict(parse_qsl(text))
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _redact(text: str, secret: str) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]

@@ -1,0 +1,338 @@
+"""Client credentials from Vault (or OpenBao): log in, keep the login, read KV v2.
+
+hvac is synchronous; every call runs in a worker thread so the event loop
+never blocks. hvac's and requests' exceptions are turned into tokend errors
+here, naming the Vault address and path but never a token or secret ID.
+Credentials read from Vault are held in memory only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import anyio.to_thread
+import hvac
+import hvac.exceptions
+import requests
+from pydantic import SecretStr
+
+from tokend.config import VaultSettings
+from tokend.errors import (
+    CredentialsError,
+    TokendError,
+    VaultDeniedError,
+    VaultUnavailableError,
+)
+from tokend.token import ClientCredentials
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+RENEW_SHARE = 2 / 3
+MIN_USEFUL_TTL = 10.0
+
+
+def expand_credential_path(template: str, key: str) -> Path:
+    """Expand ``%C`` to ``$CREDENTIALS_DIRECTORY`` (systemd's LoadCredential=).
+
+    Raises:
+        CredentialsError: ``%C`` is used but the variable is not set.
+    """
+    if "%C" in template.replace("%%", ""):
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise CredentialsError(
+                f"vault.{key} = {template!r} uses %C, but $CREDENTIALS_DIRECTORY is "
+                "not set; run under systemd with LoadCredential= or give a plain path"
+            )
+        template = template.replace("%C", directory)
+
+    return Path(template.replace("%%", "%"))
+
+
+def read_secret_file(template: str, key: str) -> str:
+    """Return the stripped content of a credential file named by ``vault.KEY``."""
+    path = expand_credential_path(template, key)
+    try:
+        value = path.read_text().strip()
+    except FileNotFoundError:
+        raise CredentialsError(f"vault.{key}: {path} does not exist") from None
+    except OSError as exc:
+        raise CredentialsError(
+            f"vault.{key}: cannot read {path}: {exc.strerror}"
+        ) from None
+    if not value:
+        raise CredentialsError(f"vault.{key}: {path} is empty")
+
+    return value
+
+
+@dataclass
+class LoginState:
+    """What status shows about the Vault login; never the token."""
+
+    logged_in: bool = False
+    ttl: float | None = None
+    renewable: bool = False
+    logins: int = 0
+    renewals: int = 0
+    last_error: str | None = None
+
+
+class VaultSource:
+    """Reads client credentials for tokens from one Vault server."""
+
+    def __init__(self, settings: VaultSettings) -> None:
+        self.settings = settings
+        self.state = LoginState()
+        self._client: hvac.Client | None = None
+        self._lock = anyio.Lock()
+        self._limiter = anyio.CapacityLimiter(4)
+        self._cache: dict[str, ClientCredentials] = {}
+        self._logged_in = anyio.Event()
+
+    async def read_credentials(
+        self, path: str, *, fresh: bool = False
+    ) -> ClientCredentials:
+        """Return ``client_id`` and ``client_secret`` stored at KV v2 ``path``.
+
+        If Vault is unavailable, the credentials last read are returned
+        instead, unless ``fresh`` demands a real read (after ``invalid_client``).
+
+        Raises:
+            CredentialsError: Vault refused, or the secret lacks a key.
+            VaultUnavailableError: Vault cannot be reached and nothing is cached.
+        """
+        try:
+            data = await self._read_kv(path)
+        except VaultUnavailableError as exc:
+            cached = self._cache.get(path)
+            if cached is None or fresh:
+                raise
+            logger.warning(
+                "vault unavailable, using credentials read earlier path=%s error=%s",
+                path,
+                exc,
+            )
+            return cached
+        credentials = self._credentials(path, data)
+        self._cache[path] = credentials
+
+        return credentials
+
+    def forget(self, path: str) -> None:
+        self._cache.pop(path, None)
+
+    async def keep_login(self) -> None:
+        """Renew the Vault token before its TTL runs out; log in again if needed.
+
+        Runs until cancelled. Failures are logged and retried with backoff.
+        """
+        rng = random.Random()
+        failures = 0
+        while True:
+            await self._logged_in.wait()
+            ttl = self.state.ttl
+            if not ttl:
+                # A token without TTL (root, or periodic without one) never ends.
+                await anyio.sleep_forever()
+                return
+            await anyio.sleep(max(ttl * RENEW_SHARE, 1.0))
+            try:
+                await self._renew_or_login()
+                failures = 0
+            except TokendError as exc:
+                failures += 1
+                self.state.last_error = str(exc)
+                delay = min(60.0, 2.0**failures) * rng.uniform(0.5, 1.0)
+                logger.warning(
+                    "vault login not renewed, retrying in %.0fs error=%s", delay, exc
+                )
+                await anyio.sleep(delay)
+
+    async def _renew_or_login(self) -> None:
+        if self.state.renewable:
+            try:
+                auth = await self._call(lambda c: c.auth.token.renew_self()["auth"])
+            except CredentialsError:
+                auth = None
+            if auth and float(auth.get("lease_duration") or 0) >= MIN_USEFUL_TTL:
+                self.state.ttl = float(auth["lease_duration"])
+                self.state.renewals += 1
+                logger.debug("vault token renewed ttl=%.0fs", self.state.ttl)
+                return
+        await self.login()
+
+    async def login(self) -> None:
+        """Log in (AppRole) or adopt the configured token, and record its TTL."""
+        async with self._lock:
+            client = self._new_client()
+            try:
+                auth = await self._run(self._authenticate, client)
+            except BaseException:
+                client.adapter.close()
+                raise
+            if self._client is not None:
+                self._client.adapter.close()
+            self._client = client
+            self.state.logged_in = True
+            self.state.ttl = float(auth.get("lease_duration") or auth.get("ttl") or 0)
+            self.state.renewable = bool(auth.get("renewable"))
+            self.state.logins += 1
+            self.state.last_error = None
+            self._logged_in.set()
+        logger.info(
+            "vault login ok address=%s auth=%s ttl=%.0fs",
+            self.settings.address,
+            self.settings.auth,
+            self.state.ttl,
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            self._client.adapter.close()
+            self._client = None
+
+    def _new_client(self) -> hvac.Client:
+        # Pass token="" so hvac does not pick up ~/.vault-token or $VAULT_TOKEN.
+        return hvac.Client(
+            url=self.settings.address,
+            token="",
+            verify=str(self.settings.ca_file) if self.settings.ca_file else True,
+            timeout=self.settings.timeout,
+            namespace=self.settings.namespace,
+        )
+
+    def _authenticate(self, client: hvac.Client) -> dict[str, Any]:
+        settings = self.settings
+        if settings.auth == "token":
+            client.token = self._vault_token()
+            data: dict[str, Any] = client.auth.token.lookup_self()["data"]
+            return data
+        role_id = settings.role_id or read_secret_file(
+            settings.role_id_file or "", "role_id_file"
+        )
+        secret_id = read_secret_file(settings.secret_id_file or "", "secret_id_file")
+        response = client.auth.approle.login(
+            role_id=role_id, secret_id=secret_id, mount_point=settings.approle_mount
+        )
+        auth: dict[str, Any] = response["auth"]
+        return auth
+
+    def _vault_token(self) -> str:
+        if self.settings.token_file:
+            return read_secret_file(self.settings.token_file, "token_file")
+        token = os.environ.get("VAULT_TOKEN", "").strip()
+        if not token:
+            raise CredentialsError(
+                'vault.auth = "token" needs vault.token_file or $VAULT_TOKEN'
+            )
+        return token
+
+    async def _read_kv(self, path: str) -> dict[str, Any]:
+        mount = self.settings.kv_mount
+
+        def read(client: hvac.Client) -> dict[str, Any]:
+            response = client.secrets.kv.v2.read_secret_version(
+                path=path, mount_point=mount, raise_on_deleted_version=True
+            )
+            data: dict[str, Any] = response["data"]["data"]
+            return data
+
+        try:
+            return await self._call(read, where=f"{mount}/data/{path}")
+        except VaultDeniedError:
+            pass
+        # A 403 may mean our token was revoked or expired: log in once more.
+        await self.login()
+        return await self._call(read, where=f"{mount}/data/{path}")
+
+    async def _call(
+        self, operation: Callable[[hvac.Client], T], where: str = "auth/token"
+    ) -> T:
+        if self._client is None:
+            await self.login()
+        client = self._client
+        assert client is not None
+        return await self._run(operation, client, where=where)
+
+    async def _run(
+        self,
+        operation: Callable[[hvac.Client], T],
+        client: hvac.Client,
+        where: str = "auth/approle/login",
+    ) -> T:
+        try:
+            return await anyio.to_thread.run_sync(
+                operation, client, limiter=self._limiter, abandon_on_cancel=True
+            )
+        except TokendError as exc:
+            self.state.last_error = str(exc)
+            raise
+        except Exception as exc:  # hvac and requests errors end here
+            error = self._translate(exc, where)
+            self.state.last_error = str(error)
+            if where.startswith("auth/"):
+                self.state.logged_in = False
+            raise error from None
+
+    def _translate(self, exc: Exception, where: str) -> TokendError:
+        address = self.settings.address
+        at = f"{address}/v1/{where}"
+        errors = hvac.exceptions
+        if isinstance(exc, errors.VaultDown):
+            return VaultUnavailableError(f"Vault at {address} is sealed or down (503)")
+        if isinstance(exc, errors.Forbidden):
+            return VaultDeniedError(
+                f"Vault denied {at} (403): the login's policy does not allow it, "
+                "or the login expired"
+            )
+        if isinstance(exc, errors.InvalidPath):
+            return CredentialsError(
+                f"nothing at {at} (404): store the client credentials there "
+                "or fix the token's credentials path"
+            )
+        if isinstance(exc, errors.InvalidRequest | errors.Unauthorized):
+            reason = "; ".join(str(e) for e in (exc.errors or []))[:200]
+            return CredentialsError(f"Vault rejected {at}: {reason or 'bad request'}")
+        if isinstance(
+            exc,
+            errors.RateLimitExceeded | errors.InternalServerError | errors.BadGateway,
+        ):
+            return VaultUnavailableError(
+                f"Vault at {address} failed: {type(exc).__name__}"
+            )
+        if isinstance(exc, requests.exceptions.SSLError):
+            return VaultUnavailableError(
+                f"TLS with Vault at {address} failed; check vault.ca_file"
+            )
+        if isinstance(exc, requests.exceptions.RequestException | OSError):
+            return VaultUnavailableError(
+                f"cannot reach Vault at {address}: {type(exc).__name__}"
+            )
+        if isinstance(exc, errors.VaultError):
+            return VaultUnavailableError(
+                f"Vault at {address} failed: {type(exc).__name__}"
+            )
+        return CredentialsError(f"unexpected answer from {at}: {type(exc).__name__}")
+
+    def _credentials(self, path: str, data: dict[str, Any]) -> ClientCredentials:
+        id_key, secret_key = (
+            self.settings.client_id_key,
+            self.settings.client_secret_key,
+        )
+        missing = [k for k in (id_key, secret_key) if not isinstance(data.get(k), str)]
+        if missing:
+            raise CredentialsError(
+                f"Vault secret {self.settings.kv_mount}/{path} has no "
+                f"{' or '.join(missing)}; expected string keys {id_key!r} and "
+                f"{secret_key!r}"
+            )
+        return ClientCredentials(data[id_key], SecretStr(data[secret_key]))
