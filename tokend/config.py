@@ -215,6 +215,7 @@ class TokenConfig:
     extra_params: tuple[tuple[str, str], ...]
     timeout: float
     ca_file: Path | None
+    allow_insecure_http: bool
     default_lifetime: int
     min_lifetime: int
     path: Path
@@ -230,9 +231,15 @@ class TokenConfig:
         return self.path.with_name(self.path.name + ".json")
 
     @property
-    def endpoint_key(self) -> tuple[str | None, str | None, Path | None, float]:
+    def endpoint_key(self) -> tuple[object, ...]:
         """Tokens with equal keys share one HTTP session and connection pool."""
-        return (self.token_url, self.issuer, self.ca_file, self.timeout)
+        return (
+            self.token_url,
+            self.issuer,
+            self.ca_file,
+            self.timeout,
+            self.allow_insecure_http,
+        )
 
 
 class Settings(BaseSettings):
@@ -371,6 +378,7 @@ def _resolve_token(name: str, spec: TokenSettings, settings: Settings) -> TokenC
         extra_params=tuple(sorted(pick("extra_params", oauth.extra_params).items())),
         timeout=pick("timeout", oauth.timeout),
         ca_file=pick("ca_file", oauth.ca_file),
+        allow_insecure_http=allow_http,
         default_lifetime=pick("default_lifetime", oauth.default_lifetime),
         min_lifetime=pick("min_lifetime", oauth.min_lifetime),
         path=path,

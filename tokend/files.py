@@ -44,6 +44,10 @@ def describe_metadata(
     }
 
 
+def render_metadata(metadata: dict[str, Any]) -> bytes:
+    return (json.dumps(metadata, indent=2) + "\n").encode()
+
+
 def render_token(token: AccessToken, fmt: str, metadata: dict[str, Any]) -> bytes:
     """Return the bytes of a token file in ``fmt`` (raw, header or json)."""
     value = token.value.get_secret_value()
@@ -51,9 +55,7 @@ def render_token(token: AccessToken, fmt: str, metadata: dict[str, Any]) -> byte
         return value.encode()
     if fmt == "header":
         return f"Bearer {value}".encode()
-    document = {"access_token": value, **metadata}
-
-    return (json.dumps(document, indent=2) + "\n").encode()
+    return render_metadata({"access_token": value, **metadata})
 
 
 def parse_token_file(data: bytes, fmt: str) -> str | None:

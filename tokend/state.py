@@ -43,6 +43,7 @@ class StateRecord:
     generation: int
     path: str
     format: str
+    client_id: str | None
     version: int = STATE_VERSION
 
     @classmethod
@@ -54,6 +55,7 @@ class StateRecord:
         generation: int,
         path: Path,
         fmt: str,
+        client_id: str | None,
     ) -> StateRecord:
         return cls(
             name=name,
@@ -67,6 +69,7 @@ class StateRecord:
             generation=generation,
             path=str(path),
             format=fmt,
+            client_id=client_id,
         )
 
 
@@ -104,8 +107,10 @@ class StateStore:
 
         return record if record.version == STATE_VERSION else None
 
-    def restore(self, name: str, request: str) -> tuple[AccessToken, int] | None:
-        """Return the cached token and its generation if it is still usable.
+    def restore(
+        self, name: str, request: str
+    ) -> tuple[AccessToken, int, str | None] | None:
+        """Return the cached token, its generation and client_id if usable.
 
         Usable means: the record exists, was made for the same request, and
         the token file still holds exactly the token the record describes.
@@ -131,7 +136,7 @@ class StateStore:
             audience=record.audience,
         )
 
-        return token, record.generation
+        return token, record.generation, record.client_id
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.json"

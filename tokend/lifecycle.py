@@ -1,0 +1,361 @@
+"""The life of one token: credentials, request, checks, files, sleep, again.
+
+A :class:`TokenKeeper` runs as one task per token, so at most one request is
+in flight per token. It keeps the last good token published while it is
+valid, whatever later refreshes do.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import anyio
+import anyio.to_thread
+
+from tokend.config import RefreshSettings, TokenConfig
+from tokend.errors import InvalidClientError, TokendError
+from tokend.files import (
+    describe_metadata,
+    remove_file,
+    render_metadata,
+    render_token,
+    write_atomic,
+)
+from tokend.oauth import TokenEndpoint, TokenRequest
+from tokend.schedule import Clock, Deadline, SystemClock, refresh_after, retry_after
+from tokend.state import StateRecord, StateStore
+from tokend.token import AccessToken, ClientCredentials, format_time
+from tokend.vault import VaultSource
+
+logger = logging.getLogger(__name__)
+
+State = Literal["starting", "fresh", "refreshing", "failing", "expired"]
+
+
+@dataclass
+class TokenStatus:
+    """What ``tokend status`` shows of one token; never the token itself."""
+
+    state: State = "starting"
+    fingerprint: str | None = None
+    expires_at: str | None = None
+    last_success: str | None = None
+    next_refresh: str | None = None
+    last_error: str | None = None
+    last_error_kind: str | None = None
+    generation: int = 0
+    requests: int = 0
+    failures: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Current:
+    token: AccessToken
+    expiry: Deadline
+    client_id: str | None
+    generation: int
+
+
+def build_request(config: TokenConfig) -> TokenRequest:
+    return TokenRequest(
+        endpoint=config.token_url or f"issuer:{config.issuer}",
+        client_auth=config.client_auth,
+        audience=config.audience,
+        audience_param=config.audience_param,
+        scopes=config.scopes,
+        extra_params=config.extra_params,
+        default_lifetime=config.default_lifetime,
+        min_lifetime=config.min_lifetime,
+    )
+
+
+@dataclass
+class TokenKeeper:
+    """Keeps one token fresh in its file until cancelled."""
+
+    config: TokenConfig
+    endpoint: TokenEndpoint
+    vault: VaultSource
+    store: StateStore
+    policy: RefreshSettings
+    clock: Clock = field(default_factory=SystemClock)
+    rng: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self.status = TokenStatus()
+        self.request = build_request(self.config)
+        self.fingerprint = self.request.fingerprint(self.config.credentials)
+        self.settled = anyio.Event()  # set after the first attempt, good or bad
+        self._current: _Current | None = None
+        self._wake = anyio.Event()
+        self._attempt = 0
+        self._sent_boot = 0.0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def refresh_now(self) -> None:
+        """Ask the keeper to refresh at once (e.g. ``tokend refresh NAME``)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        due = await self.restore()
+        if self._current is not None:
+            due = await self._check_client(due)
+        while True:
+            await self._sleep_until(due)
+            due = await self.attempt()
+
+    async def restore(self) -> Deadline:
+        """Adopt a still-valid cached token; return when to refresh next."""
+        restored = await anyio.to_thread.run_sync(
+            self.store.restore, self.name, self.fingerprint
+        )
+        now = self.clock.wall()
+        if restored is not None:
+            token, generation, client_id = restored
+            remaining = token.remaining(datetime.fromtimestamp(now, UTC))
+            if remaining > max(self.config.min_lifetime, 1):
+                current = _Current(
+                    token, Deadline.after(self.clock, remaining), client_id, generation
+                )
+                try:
+                    await self._publish(current, last_error=None)
+                except TokendError as exc:
+                    logger.warning(
+                        "cached token not republished token=%s error=%s", self.name, exc
+                    )
+                else:
+                    self._adopt(current)
+                    self.settled.set()
+                    due = self._refresh_deadline(token)
+                    logger.info(
+                        "cached token reused token=%s file=%s expires_at=%s",
+                        self.name,
+                        self.config.path,
+                        format_time(token.expires_at),
+                    )
+                    return due
+        return Deadline.after(self.clock, 0)
+
+    async def _check_client(self, due: Deadline) -> Deadline:
+        """Refresh at once if Vault now holds another client_id than the cache's.
+
+        This also warms the in-memory credentials, so a later Vault outage
+        does not stop refreshes.
+        """
+        try:
+            credentials = await self.vault.read_credentials(self.config.credentials)
+        except TokendError as exc:
+            logger.warning("credentials not checked token=%s error=%s", self.name, exc)
+            return due
+        current = self._current
+        if current is not None and current.client_id != credentials.client_id:
+            logger.info("client_id changed, refreshing token=%s", self.name)
+            return Deadline.after(self.clock, 0)
+        return due
+
+    async def attempt(self) -> Deadline:
+        """Refresh once; return when to try again (success or failure)."""
+        self.status.state = "refreshing"
+        try:
+            current = await self._refresh()
+        except TokendError as exc:
+            self._attempt += 1
+            delay = retry_after(
+                exc.kind,
+                self._attempt,
+                self.policy,
+                self.rng,
+                getattr(exc, "retry_after", None),
+            )
+            await self._record_failure(exc, delay)
+            self.settled.set()
+            return Deadline.after(self.clock, delay)
+        self._attempt = 0
+        self._adopt(current)
+        self.settled.set()
+
+        return self._refresh_deadline(current.token)
+
+    async def _refresh(self) -> _Current:
+        credentials = await self.vault.read_credentials(self.config.credentials)
+        try:
+            token = await self._request(credentials)
+        except InvalidClientError as exc:
+            # The secret may have been rotated in Vault: read it again, once.
+            logger.info(
+                "invalid_client, re-reading credentials token=%s error=%s",
+                self.name,
+                exc,
+            )
+            credentials = await self.vault.read_credentials(
+                self.config.credentials, fresh=True
+            )
+            token = await self._request(credentials)
+        generation = (self._current.generation if self._current else 0) + 1
+        # Both clocks count the lifetime from the moment the request was sent.
+        expiry = Deadline(
+            self._sent_boot + token.lifetime, token.expires_at.timestamp()
+        )
+        current = _Current(token, expiry, credentials.client_id, generation)
+        await self._publish(current, last_error=None)
+        logger.info(
+            "token refreshed token=%s file=%s expires_at=%s lifetime=%.0fs "
+            "fingerprint=%s generation=%d",
+            self.name,
+            self.config.path,
+            format_time(token.expires_at),
+            token.lifetime,
+            token.fingerprint,
+            generation,
+        )
+        return current
+
+    async def _request(self, credentials: ClientCredentials) -> AccessToken:
+        self._sent_boot = self.clock.boottime()
+        sent_at = datetime.fromtimestamp(self.clock.wall(), UTC)
+        self.status.requests += 1
+        return await self.endpoint.fetch(self.request, credentials, sent_at)
+
+    async def _publish(self, current: _Current, last_error: str | None) -> None:
+        """Write the token file, its metadata and the state record."""
+        config = self.config
+        metadata = describe_metadata(current.token, current.generation, last_error)
+        record = StateRecord.of(
+            config.name,
+            self.fingerprint,
+            current.token,
+            current.generation,
+            config.path,
+            config.format,
+            current.client_id,
+        )
+
+        def write() -> None:
+            data = render_token(current.token, config.format, metadata)
+            write_atomic(config.path, data, config.mode, config.uid, config.gid)
+            if config.metadata:
+                write_atomic(
+                    config.metadata_path,
+                    render_metadata(metadata),
+                    config.mode,
+                    config.uid,
+                    config.gid,
+                )
+            self.store.save(record)
+
+        # Shielded: a shutdown waits for a started write to finish.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(write)
+
+    def _adopt(self, current: _Current) -> None:
+        self._current = current
+        status = self.status
+        status.state = "fresh"
+        status.fingerprint = current.token.fingerprint
+        status.expires_at = format_time(current.token.expires_at)
+        status.last_success = format_time(datetime.now(UTC))
+        status.generation = current.generation
+        status.last_error = status.last_error_kind = None
+
+    async def _record_failure(self, exc: TokendError, delay: float) -> None:
+        status = self.status
+        status.failures += 1
+        changed = (str(exc), exc.kind) != (status.last_error, status.last_error_kind)
+        status.last_error, status.last_error_kind = str(exc), exc.kind
+        status.state = "failing" if self._is_valid() else "expired"
+        level = logging.ERROR if exc.kind != "retryable" else logging.WARNING
+        logger.log(
+            level if changed else logging.DEBUG,
+            "refresh failed token=%s kind=%s retry_in=%.0fs keeping=%s error=%s",
+            self.name,
+            exc.kind,
+            delay,
+            "valid token" if self._is_valid() else "nothing",
+            exc,
+        )
+        if changed and self._current is not None and self._is_valid():
+            try:
+                await self._write_metadata_error(str(exc))
+            except TokendError as write_error:
+                logger.warning(
+                    "metadata not updated token=%s error=%s", self.name, write_error
+                )
+
+    async def _write_metadata_error(self, message: str) -> None:
+        config, current = self.config, self._current
+        if not config.metadata or current is None:
+            return
+        metadata = describe_metadata(current.token, current.generation, message)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(
+                write_atomic,
+                config.metadata_path,
+                render_metadata(metadata),
+                config.mode,
+                config.uid,
+                config.gid,
+            )
+
+    def _is_valid(self) -> bool:
+        current = self._current
+        return current is not None and current.expiry.remaining(self.clock) > 0
+
+    def _refresh_deadline(self, token: AccessToken) -> Deadline:
+        assert self._current is not None
+        lifetime = token.lifetime
+        delay = refresh_after(lifetime, self.policy, self.rng)
+        age = lifetime - self._current.expiry.remaining(self.clock)
+        due = Deadline.after(self.clock, max(0.0, delay - age))
+        self.status.next_refresh = format_time(datetime.fromtimestamp(due.wall, UTC))
+        return due
+
+    async def _sleep_until(self, due: Deadline) -> None:
+        while True:
+            await self._expire_if_due()
+            pause = due.next_sleep(self.clock)
+            if self._current is not None and self._is_valid():
+                pause = min(pause, self._current.expiry.next_sleep(self.clock))
+            if pause <= 0 or self._wake.is_set():
+                self._wake = anyio.Event()
+                return
+            with anyio.move_on_after(pause):
+                await self._wake.wait()
+
+    async def _expire_if_due(self) -> None:
+        current = self._current
+        if current is None or current.expiry.remaining(self.clock) > 0:
+            return
+        self._current = None
+        self.status.state = "expired"
+        config = self.config
+        if config.on_expiry == "remove":
+            await self.remove_files()
+        logger.error(
+            "token expired token=%s file=%s action=%s last_error=%s",
+            self.name,
+            config.path,
+            "removed" if config.on_expiry == "remove" else "kept",
+            self.status.last_error,
+        )
+
+    async def remove_files(self) -> None:
+        """Remove this token's files (the token left the configuration)."""
+        config = self.config
+
+        def remove() -> None:
+            remove_file(config.path)
+            remove_file(config.metadata_path)
+            self.store.forget(config.name)
+
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(remove)
