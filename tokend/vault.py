@@ -97,6 +97,7 @@ class VaultSource:
         self._limiter = anyio.CapacityLimiter(4)
         self._cache: dict[str, ClientCredentials] = {}
         self._logged_in = anyio.Event()
+        self._login_ttl = 0.0
 
     async def read_credentials(
         self, path: str, *, fresh: bool = False
@@ -163,8 +164,10 @@ class VaultSource:
                 auth = await self._call(lambda c: c.auth.token.renew_self()["auth"])
             except CredentialsError:
                 auth = None
-            if auth and float(auth.get("lease_duration") or 0) >= MIN_USEFUL_TTL:
-                self.state.ttl = float(auth["lease_duration"])
+            lease = float(auth.get("lease_duration") or 0) if auth else 0.0
+            # Near its max TTL a renewal returns only what is left: log in anew.
+            if lease >= min(MIN_USEFUL_TTL, self._login_ttl / 2):
+                self.state.ttl = lease
                 self.state.renewals += 1
                 logger.debug("vault token renewed ttl=%.0fs", self.state.ttl)
                 return
@@ -184,6 +187,7 @@ class VaultSource:
             self._client = client
             self.state.logged_in = True
             self.state.ttl = float(auth.get("lease_duration") or auth.get("ttl") or 0)
+            self._login_ttl = self.state.ttl
             self.state.renewable = bool(auth.get("renewable"))
             self.state.logins += 1
             self.state.last_error = None
