@@ -9,7 +9,6 @@ resolves every token's effective settings (its own keys over the defaults of
 from __future__ import annotations
 
 import grp
-import ipaddress
 import pwd
 import re
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+from tokend.http import is_loopback_host
 
 ClientAuth = Literal[
     "client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth"
@@ -395,21 +396,16 @@ def _check_url(key: str, url: str, allow_http: bool) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise _KeyProblem(key, f"expected an https:// URL, got {url!r}")
-    if parts.scheme == "http" and not allow_http and not _is_loopback(parts.hostname):
+    if (
+        parts.scheme == "http"
+        and not allow_http
+        and not is_loopback_host(parts.hostname)
+    ):
         raise _KeyProblem(
             key,
             f"plain http is allowed only to loopback, got {url!r}; "
             "use https or set allow_insecure_http = true",
         )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _lookup_user(owner: str | None) -> int | None:

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 
 from tokend.errors import EndpointUnavailableError, TokenEndpointError
+from tokend.http import is_loopback_host, read_body
 
 MAX_DOCUMENT = 1 << 20
 
@@ -52,7 +53,7 @@ async def discover_token_endpoint(
             async with session.get(
                 url, headers={"Accept": "application/json"}, allow_redirects=False
             ) as response:
-                body = await response.content.read(MAX_DOCUMENT)
+                body = await read_body(response, MAX_DOCUMENT)
                 status = response.status
         except TimeoutError:
             failures.append(f"{url}: timed out")
@@ -89,9 +90,7 @@ def _token_endpoint(
     if not isinstance(endpoint, str) or not endpoint:
         raise TokenEndpointError(f"discovery document {url} has no token_endpoint")
     parts = urlsplit(endpoint)
-    loopback = (parts.hostname or "") in ("localhost", "::1") or (
-        parts.hostname or ""
-    ).startswith("127.")
+    loopback = is_loopback_host(parts.hostname)
     if parts.scheme != "https" and not (
         parts.scheme == "http" and (loopback or allow_http)
     ):

@@ -9,18 +9,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote_plus
+from urllib.parse import parse_qsl, quote, quote_plus
 
 import aiohttp
 from pydantic import SecretStr
 
-from tokend import __version__
 from tokend.discovery import discover_token_endpoint
 from tokend.errors import (
     EndpointUnavailableError,
@@ -29,11 +29,11 @@ from tokend.errors import (
     TokenEndpointError,
     TokenRejectedError,
 )
+from tokend.http import USER_AGENT, read_body
 from tokend.token import AccessToken, ClientCredentials, decode_jwt_claims
 
 MAX_BODY = 1 << 20
 MAX_LIFETIME = 366 * 86400
-USER_AGENT = f"tokend/{__version__}"
 
 # RFC 6749 §5.2 and RFC 8707 §2 error codes, by what tokend does next.
 RETRYABLE_ERRORS = {"temporarily_unavailable", "server_error", "slow_down"}
@@ -151,7 +151,6 @@ class TokenEndpoint:
         headers = {"Accept": "application/json"}
         if request.client_auth == "client_secret_basic":
             headers["Authorization"] = basic_authorization(credentials)
-        secret = credentials.client_secret.get_secret_value()
         try:
             async with self.session().post(
                 url,
@@ -159,7 +158,7 @@ class TokenEndpoint:
                 headers=headers,
                 allow_redirects=False,
             ) as response:
-                body = await response.content.read(MAX_BODY)
+                body = await read_body(response, MAX_BODY)
                 status = response.status
                 content_type = response.content_type
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
@@ -183,7 +182,7 @@ class TokenEndpoint:
         if status == 200 and isinstance(document, dict) and "error" not in document:
             return read_token_response(document, request, sent_at, url)
         raise describe_failure(
-            url, status, content_type, body, document, retry_after, secret
+            url, status, content_type, body, document, retry_after, credentials
         )
 
 
@@ -241,7 +240,10 @@ def _lifetime(
     candidates = []
     if expires_in is not None and not isinstance(expires_in, bool):
         try:
-            candidates.append(float(expires_in))
+            seconds = float(expires_in)
+            if math.isnan(seconds):
+                raise ValueError("NaN")
+            candidates.append(seconds)
         except (TypeError, ValueError):
             raise TokenRejectedError(
                 f"token endpoint {url} sent expires_in {str(expires_in)[:40]!r}, "
@@ -291,13 +293,18 @@ def describe_failure(
     body: bytes,
     document: Any,
     retry_after: float | None,
-    secret: str,
+    credentials: ClientCredentials,
 ) -> TokenEndpointError:
-    """Classify a failed response into the error that decides what comes next."""
+    """Classify a failed response into the error that decides what comes next.
+
+    Whatever the server echoes back is redacted before it reaches a message:
+    the secret raw, form-encoded, and inside the Basic credentials.
+    """
+    forms = _secret_forms(credentials)
     if isinstance(document, dict) and isinstance(document.get("error"), str):
-        code = document["error"][:64]
+        code = _redact(document["error"], forms)[:64]
         described = document.get("error_description")
-        description = _redact(str(described), secret)[:300] if described else None
+        description = _redact(str(described), forms)[:300] if described else None
         detail = f"{code}: {description}" if description else code
         message = f"token endpoint {url} answered {status} {detail}"
         return _class_for(code, status)(
@@ -309,8 +316,8 @@ def describe_failure(
             retry_after=retry_after,
         )
 
-    snippet = _redact(body[:200].decode(errors="replace"), secret)
-    snippet = " ".join(snippet.split())
+    snippet = _redact(body.decode(errors="replace"), forms)
+    snippet = " ".join(snippet.split())[:200]
     shown = f"{status} {content_type or 'without content type'}"
     if status == 200:
         message = f"token endpoint {url} answered 200 with no usable token ({shown})"
@@ -328,7 +335,7 @@ def describe_failure(
 def _class_for(code: str, status: int) -> type[TokenEndpointError]:
     if code == "invalid_client":
         return InvalidClientError
-    if code in RETRYABLE_ERRORS or status >= 500:
+    if code in RETRYABLE_ERRORS or status in RETRYABLE_STATUS or status >= 500:
         return EndpointUnavailableError
     return TokenEndpointError
 
@@ -371,8 +378,20 @@ def _decode(body: bytes, content_type: str) -> Any:
         return None
 
 
-def _redact(text: str, secret: str) -> str:
-    return text.replace(secret, "***") if secret else text
+def _secret_forms(credentials: ClientCredentials) -> list[str]:
+    secret = credentials.client_secret.get_secret_value()
+    if not secret:
+        return []
+    basic = basic_authorization(credentials).removeprefix("Basic ")
+    forms = {secret, quote_plus(secret), quote(secret, safe=""), basic}
+    # Longest first, so a form containing another is replaced whole.
+    return sorted(forms, key=len, reverse=True)
+
+
+def _redact(text: str, forms: list[str]) -> str:
+    for form in forms:
+        text = text.replace(form, "***")
+    return text
 
 
 def _reason(exc: BaseException) -> str:
