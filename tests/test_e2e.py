@@ -154,6 +154,31 @@ def test_sighup_adds_removes_and_changes_tokens(stack: Stack) -> None:
     )
 
 
+def test_config_edit_reloads_without_a_signal(stack: Stack) -> None:
+    stack.add_service("orders")
+    stack.add_service("extra")
+    stack.write_config({"orders": stack.token_entry("orders")})
+    daemon = stack.start()
+    daemon.wait_for_log("ready")
+
+    dropin = stack.config_path.parent / "conf.d" / "10-extra.toml"
+    dropin.parent.mkdir()
+    dropin.write_text(
+        f'[tokens.extra]\ncredentials = "{stack.services["extra"].kv_path}"\n'
+        'audience = "https://extra.example.test"\nscopes = ["read"]\n'
+    )
+    daemon.wait_for_log("reloaded added=extra", timeout=15)
+    daemon.wait_until(lambda: stack.token_path("extra").exists(), what="extra file")
+
+    stack.write_config({"orders": stack.token_entry("orders", mode="0600")})
+    daemon.wait_for_log("reloaded added=- removed=- changed=orders", timeout=15)
+    daemon.wait_until(
+        lambda: stat.S_IMODE(stack.token_path("orders").stat().st_mode) == 0o600,
+        what="new mode",
+    )
+    assert daemon.log().count("SIGHUP") == 0
+
+
 def test_invalid_config_on_sighup_keeps_the_old_one(stack: Stack) -> None:
     stack.add_service("orders")
     stack.write_config({"orders": stack.token_entry("orders")})

@@ -26,6 +26,7 @@ from tokend.lifecycle import TokenKeeper
 from tokend.oauth import TokenEndpoint
 from tokend.state import StateStore
 from tokend.vault import VaultSource
+from tokend.watch import watch_config
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,13 @@ def prepare_workspace(loaded: LoadedConfig) -> Workspace:
 class _Running:
     keeper: TokenKeeper
     scope: anyio.CancelScope
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+    async def stop(self) -> None:
+        """Cancel the keeper and wait until a write it started has finished."""
+        self.scope.cancel()
+        with anyio.move_on_after(STOP_GRACE):
+            await self.done.wait()
 
 
 class Daemon:
@@ -145,6 +153,9 @@ class Daemon:
                     group.start_soon(self._announce_ready, self.loaded)
                     group.start_soon(self._reload_loop, group)
                     group.start_soon(self._watchdog)
+                    group.start_soon(
+                        watch_config, self.config_path, self.request_reload
+                    )
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._endpoints.aclose()
@@ -194,6 +205,12 @@ class Daemon:
         )
 
     async def _supervise(self, running: _Running) -> None:
+        try:
+            await self._keep_running(running)
+        finally:
+            running.done.set()
+
+    async def _keep_running(self, running: _Running) -> None:
         with running.scope:
             while True:
                 try:
@@ -315,7 +332,7 @@ class Daemon:
         added = [n for n in new.tokens if n not in old.tokens]
         for name in removed + changed:
             running = self._running.pop(name)
-            running.scope.cancel()
+            await running.stop()
             moved = name in removed or old.tokens[name].path != new.tokens[name].path
             if moved:
                 await running.keeper.remove_files()

@@ -1,0 +1,51 @@
+"""Watch the configuration files and ask for a reload when one changes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import watchfiles
+
+logger = logging.getLogger(__name__)
+
+DEBOUNCE_MS = 500
+
+
+def is_config_file(config: Path, changed: Path) -> bool:
+    """True for the main file, ``conf.d`` and ``conf.d/*.toml``; not temp files.
+
+    ``conf.d`` itself counts: files written into a directory just created can
+    land before the watch on it is in place.
+    """
+    if changed in (config, config.parent / "conf.d"):
+        return True
+    return changed.parent == config.parent / "conf.d" and changed.suffix == ".toml"
+
+
+async def watch_config(config: Path, on_change: Callable[[], None]) -> None:
+    """Call ``on_change`` after the config files change; runs until cancelled.
+
+    The directory is watched, not the file, so an editor that saves by
+    renaming a new file over the old one is seen too.
+    """
+    directory = config.parent.resolve()
+    target = directory / config.name
+
+    def relevant(change: watchfiles.Change, path: str) -> bool:
+        return is_config_file(target, Path(path))
+
+    try:
+        async for changes in watchfiles.awatch(
+            directory,
+            watch_filter=relevant,
+            debounce=DEBOUNCE_MS,
+            ignore_permission_denied=True,
+        ):
+            names = sorted({Path(path).name for _, path in changes})
+            logger.info("configuration changed files=%s; reloading", ",".join(names))
+            on_change()
+    except (OSError, RuntimeError) as exc:
+        # Reload on SIGHUP still works; say why watching stopped.
+        logger.warning("not watching %s for changes: %s", directory, exc)
