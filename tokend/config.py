@@ -113,6 +113,12 @@ class OAuthDefaults(Section):
     timeout: Seconds = 10.0
     ca_file: Path | None = None
     allow_insecure_http: bool = False
+
+    @field_validator("scopes", mode="before")
+    @classmethod
+    def _split_scopes(cls, value: Any) -> Any:
+        return value.split() if isinstance(value, str) else value
+
     default_lifetime: Annotated[int, Field(ge=1, le=31_536_000)] = 300
     min_lifetime: Annotated[int, Field(ge=0, le=86400)] = 10
 
@@ -278,44 +284,58 @@ class Settings(BaseSettings):
         return self.daemon.state_directory or self.files.directory / ".state"
 
 
-def resolve_tokens(settings: Settings) -> tuple[dict[str, TokenConfig], list[str]]:
+Location = tuple[str, ...]
+Problem = tuple[Location, str]
+
+
+def resolve_tokens(settings: Settings) -> tuple[dict[str, TokenConfig], list[Problem]]:
     """Resolve each token's effective settings; return them and the problems.
 
-    Problems are strings ``"tokens.NAME.KEY: what is wrong"``.
+    A problem is the key's location, e.g. ``("tokens", "orders", "mode")`` or
+    ``("files", "group")`` when the bad value is a default, and a message.
     """
     tokens: dict[str, TokenConfig] = {}
-    problems: list[str] = []
+    problems: list[Problem] = []
     paths: dict[Path, str] = {}
     for name, spec in settings.tokens.items():
         try:
             token = _resolve_token(name, spec, settings)
         except _KeyProblem as exc:
-            problems.append(f"tokens.{name}.{exc.key}: {exc}")
+            problems.append((exc.loc, str(exc)))
             continue
-        for path in (token.path, token.metadata_path):
-            if path in paths:
-                problems.append(
-                    f"tokens.{name}.path: {path} is already used by token "
-                    f"{paths[path]!r}"
+        clash = paths.get(token.path) or paths.get(token.metadata_path)
+        if clash is not None:
+            problems.append(
+                (
+                    ("tokens", name, "path"),
+                    f"{token.path} (or its .json metadata) is already used by "
+                    f"token {clash!r}",
                 )
-            paths[path] = name
+            )
+            continue
+        paths[token.path] = paths[token.metadata_path] = name
         tokens[name] = token
     if not settings.tokens:
-        problems.append("tokens: no [tokens.NAME] table; nothing to do")
+        problems.append((("tokens",), "no [tokens.NAME] table; nothing to do"))
 
     return tokens, problems
 
 
 class _KeyProblem(ValueError):
-    def __init__(self, key: str, message: str) -> None:
+    def __init__(self, loc: Location, message: str) -> None:
         super().__init__(message)
-        self.key = key
+        self.loc = loc
 
 
 def _resolve_token(name: str, spec: TokenSettings, settings: Settings) -> TokenConfig:
+    def where(key: str, section: str) -> Location:
+        """The location of the value in force: the token's own, or the default."""
+        own = getattr(spec, key, None) is not None
+        return ("tokens", name, key) if own else (section, key)
+
     if not TOKEN_NAME.match(name) or name.endswith(".json"):
         raise _KeyProblem(
-            "name",
+            ("tokens", name),
             "a token name is 1-64 letters, digits, '.', '_' or '-', starts with a "
             "letter or digit and does not end in '.json'",
         )
@@ -328,29 +348,31 @@ def _resolve_token(name: str, spec: TokenSettings, settings: Settings) -> TokenC
 
     if spec.token_url is not None or spec.issuer is not None:
         token_url, issuer = spec.token_url, spec.issuer
+        url_loc: Location = ("tokens", name)
     else:
         token_url, issuer = oauth.token_url, oauth.issuer
+        url_loc = ("oauth",)
     if (token_url is None) == (issuer is None):
         raise _KeyProblem(
-            "token_url",
-            "set exactly one of token_url or issuer (here or in [oauth])",
+            (*url_loc, "token_url"),
+            "set exactly one of token_url or issuer (in the token or in [oauth])",
         )
     allow_http = pick("allow_insecure_http", oauth.allow_insecure_http)
     for key, url in (("token_url", token_url), ("issuer", issuer)):
         if url is not None:
-            _check_url(key, url, allow_http)
+            _check_url((*url_loc, key), url, allow_http)
 
     client_auth = pick("client_auth", oauth.client_auth)
     if client_auth not in SUPPORTED_CLIENT_AUTH:
         raise _KeyProblem(
-            "client_auth",
+            where("client_auth", "oauth"),
             f"{client_auth!r} is not supported by this version of tokend; "
             "use 'client_secret_basic' or 'client_secret_post'",
         )
     audience_param = pick("audience_param", oauth.audience_param)
     if spec.audience is None and audience_param != "none":
         raise _KeyProblem(
-            "audience",
+            ("tokens", name, "audience"),
             f"missing; audience_param is {audience_param!r} "
             '(set audience_param = "none" to request without one)',
         )
@@ -358,14 +380,15 @@ def _resolve_token(name: str, spec: TokenSettings, settings: Settings) -> TokenC
     mode = pick("mode", files.mode)
     if mode & 0o004 and not pick("allow_world_readable", files.allow_world_readable):
         raise _KeyProblem(
-            "mode",
+            where("mode", "files"),
             f"{mode:04o} lets every user read the token; "
             "set allow_world_readable = true if that is really meant",
         )
     directory = pick("directory", files.directory)
     path = spec.path if spec.path is not None else directory / name
     if not path.is_absolute():
-        raise _KeyProblem("path", f"expected an absolute path, got {str(path)!r}")
+        loc = ("tokens", name, "path") if spec.path else where("directory", "files")
+        raise _KeyProblem(loc, f"expected an absolute path, got {str(path)!r}")
 
     return TokenConfig(
         name=name,
@@ -385,42 +408,50 @@ def _resolve_token(name: str, spec: TokenSettings, settings: Settings) -> TokenC
         path=path,
         mode=mode,
         format=pick("format", files.format),
-        uid=_lookup_user(pick("owner", files.owner)),
-        gid=_lookup_group(pick("group", files.group)),
+        uid=_lookup_id(pick("owner", files.owner), where("owner", "files"), "user"),
+        gid=_lookup_id(pick("group", files.group), where("group", "files"), "group"),
         metadata=pick("metadata", files.metadata),
         on_expiry=pick("on_expiry", files.on_expiry),
     )
 
 
-def _check_url(key: str, url: str, allow_http: bool) -> None:
-    parts = urlsplit(url)
+def _check_url(loc: Location, url: str, allow_http: bool) -> None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise _KeyProblem(loc, f"not a valid URL ({exc}): {url!r}") from None
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise _KeyProblem(key, f"expected an https:// URL, got {url!r}")
+        raise _KeyProblem(loc, f"expected an https:// URL, got {url!r}")
+    if port == 0 or any(not c.isprintable() or c.isspace() for c in url):
+        raise _KeyProblem(loc, f"not a valid URL: {url!r}")
     if (
         parts.scheme == "http"
         and not allow_http
         and not is_loopback_host(parts.hostname)
     ):
         raise _KeyProblem(
-            key,
+            loc,
             f"plain http is allowed only to loopback, got {url!r}; "
             "use https or set allow_insecure_http = true",
         )
 
 
-def _lookup_user(owner: str | None) -> int | None:
-    if owner is None:
-        return None
-    try:
-        return int(owner) if owner.isdigit() else pwd.getpwnam(owner).pw_uid
-    except KeyError:
-        raise _KeyProblem("owner", f"no user {owner!r} on this machine") from None
+MAX_ID = 2**32 - 2
 
 
-def _lookup_group(group: str | None) -> int | None:
-    if group is None:
+def _lookup_id(name: str | None, loc: Location, kind: str) -> int | None:
+    """Return the uid or gid of a user or group given by name or number."""
+    if name is None:
         return None
+    if re.fullmatch(r"[0-9]+", name):
+        number = int(name)
+        if number > MAX_ID:
+            raise _KeyProblem(loc, f"{kind} id {name} is out of range")
+        return number
     try:
-        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise _KeyProblem("group", f"no group {group!r} on this machine") from None
+        if kind == "user":
+            return pwd.getpwnam(name).pw_uid
+        return grp.getgrnam(name).gr_gid
+    except (KeyError, ValueError):
+        raise _KeyProblem(loc, f"no {kind} {name!r} on this machine") from None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from tokend.config import Settings, TokenConfig, resolve_tokens
 from tokend.errors import ConfigError
@@ -58,21 +59,25 @@ def load_config(path: Path) -> LoadedConfig:
     merged: dict[str, Any] = {}
     origins: dict[tuple[str, ...], Path] = {}
     problems: list[str] = []
-    for file in files:
-        document = _read_toml(file, problems)
-        if document is not None:
-            _merge(file, document, merged, origins, problems)
+    documents = [(file, _read_toml(file, problems)) for file in files]
     if problems:
         raise ConfigError(problems)
+    for file, document in documents:
+        _merge(file, document or {}, merged, origins, problems)
 
     _apply_vault_environment(merged)
     try:
         settings = Settings(**merged)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origins, path)) from None
+        raise ConfigError(problems + _describe(exc, origins, path)) from None
+    except SettingsError as exc:
+        # An environment value for a list or table that is not JSON.
+        raise ConfigError([*problems, f"environment: {exc}"]) from None
     tokens, token_problems = resolve_tokens(settings)
-    if token_problems:
-        raise ConfigError([_with_origin(p, origins, path) for p in token_problems])
+    for loc, message in token_problems:
+        problems.append(f"{_origin(loc, origins, path)}: {'.'.join(loc)}: {message}")
+    if problems:
+        raise ConfigError(problems)
 
     return LoadedConfig(settings, tokens, tuple(files), path)
 
@@ -165,16 +170,12 @@ def _message(error: Any) -> str:
 def _origin(
     loc: tuple[str, ...], origins: dict[tuple[str, ...], Path], main: Path
 ) -> str:
+    """Name where the value at ``loc`` came from: a variable or a file."""
+    for length in range(len(loc), 0, -1):
+        variable = "TOKEND_" + "__".join(loc[:length]).upper()
+        if variable in os.environ:
+            return f"environment ({variable})"
     for length in range(min(len(loc), 2), 0, -1):
         if loc[:length] in origins:
             return str(origins[loc[:length]])
-    if loc and any(name.startswith(f"TOKEND_{loc[0].upper()}") for name in os.environ):
-        return "environment"
     return str(main)
-
-
-def _with_origin(problem: str, origins: dict[tuple[str, ...], Path], main: Path) -> str:
-    key = problem.split(":", 1)[0]
-    loc = tuple(key.split("."))
-
-    return f"{_origin(loc, origins, main)}: {problem}"

@@ -53,8 +53,8 @@ def retry_after(
     if kind != "retryable":
         return policy.retry_slow * rng.uniform(0.8, 1.0)
 
-    ceiling = min(policy.retry_max, policy.retry_initial * 2 ** min(attempt - 1, 30))
-    delay = max(0.1, rng.uniform(0, ceiling))
+    ceiling = min(policy.retry_max, policy.retry_initial * 2.0 ** min(attempt - 1, 30))
+    delay = max(min(0.1, ceiling), rng.uniform(0, ceiling))
     if server_hint is not None:
         delay = max(delay, min(server_hint, policy.retry_max))
 

@@ -15,10 +15,16 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import SecretStr, TypeAdapter, ValidationError
 
 from tokend.errors import FileSinkError
-from tokend.files import parse_token_file, read_own_file, remove_file, write_atomic
+from tokend.files import (
+    parse_token_file,
+    read_own_file,
+    remove_file,
+    remove_stale_temp_files,
+    write_atomic,
+)
 from tokend.token import AccessToken, format_time, parse_time
 
 logger = logging.getLogger(__name__)
@@ -73,6 +79,9 @@ class StateRecord:
         )
 
 
+RECORD = TypeAdapter(StateRecord)
+
+
 class StateStore:
     """The state directory; every method is blocking file I/O."""
 
@@ -80,6 +89,7 @@ class StateStore:
         self.directory = directory
 
     def prepare(self) -> None:
+        """Create the directory (0700) and remove temp files of a crashed write."""
         try:
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
             os.chmod(self.directory, 0o700)
@@ -87,6 +97,7 @@ class StateStore:
             raise FileSinkError(
                 f"cannot create state directory {self.directory}: {exc.strerror}"
             ) from exc
+        remove_stale_temp_files(self.directory)
 
     def save(self, record: StateRecord) -> None:
         data = json.dumps(asdict(record), indent=2).encode()
@@ -100,8 +111,8 @@ class StateStore:
         if data is None:
             return None
         try:
-            record = StateRecord(**json.loads(data))
-        except (ValueError, TypeError):
+            record = RECORD.validate_json(data)
+        except ValidationError:
             logger.warning("ignoring unreadable state record token=%s", name)
             return None
 
