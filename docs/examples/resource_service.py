@@ -228,6 +228,8 @@ def decode_claims(token: str, key: jwt.PyJWK, settings: Settings) -> dict[str, A
             leeway=settings.leeway,
             options={"require": REQUIRED_CLAIMS},
         )
+    except jwt.InvalidSignatureError:
+        raise TokenRejectedError("signature does not verify") from None
     except jwt.ExpiredSignatureError:
         raise TokenRejectedError("token has expired") from None
     except jwt.ImmatureSignatureError:
