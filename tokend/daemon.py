@@ -15,6 +15,7 @@ from pathlib import Path
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import anyio.to_thread
 
 from tokend import __version__, systemd
@@ -129,6 +130,7 @@ class Daemon:
         """Run until SIGTERM or SIGINT; return the exit code."""
         self._reload_wanted = anyio.Event()
         self._vault_scope = anyio.CancelScope()
+        self._stop = anyio.Event()
         with anyio.open_signal_receiver(
             signal.SIGTERM, signal.SIGINT, signal.SIGHUP
         ) as signals:
@@ -154,7 +156,7 @@ class Daemon:
                     group.start_soon(self._reload_loop, group)
                     group.start_soon(self._watchdog)
                     group.start_soon(
-                        watch_config, self.config_path, self.request_reload
+                        watch_config, self.config_path, self.request_reload, self._stop
                     )
             finally:
                 with anyio.CancelScope(shield=True):
@@ -279,6 +281,10 @@ class Daemon:
                 signal.Signals(signum).name,
             )
             systemd.notify_stopping()
+            self._stop.set()
+            await (
+                anyio.lowlevel.checkpoint()
+            )  # let the file watcher see it before cancelling
             scope.cancel()
             return
 

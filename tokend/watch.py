@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 import watchfiles
 
 logger = logging.getLogger(__name__)
@@ -24,11 +25,15 @@ def is_config_file(config: Path, changed: Path) -> bool:
     return changed.parent == config.parent / "conf.d" and changed.suffix == ".toml"
 
 
-async def watch_config(config: Path, on_change: Callable[[], None]) -> None:
-    """Call ``on_change`` after the config files change; runs until cancelled.
+async def watch_config(
+    config: Path, on_change: Callable[[], None], stop: anyio.Event
+) -> None:
+    """Call ``on_change`` after the config files change, until ``stop`` is set.
 
     The directory is watched, not the file, so an editor that saves by
-    renaming a new file over the old one is seen too.
+    renaming a new file over the old one is seen too. Set ``stop`` before
+    cancelling: the watcher's thread only looks at it, and a plain
+    cancellation would wait for its timeout (seconds).
     """
     directory = config.parent.resolve()
     target = directory / config.name
@@ -42,6 +47,7 @@ async def watch_config(config: Path, on_change: Callable[[], None]) -> None:
             watch_filter=relevant,
             debounce=DEBOUNCE_MS,
             ignore_permission_denied=True,
+            stop_event=stop,
         ):
             names = sorted({Path(path).name for _, path in changes})
             logger.info("configuration changed files=%s; reloading", ",".join(names))
