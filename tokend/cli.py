@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import grp
 import logging
 import sys
 from collections.abc import Sequence
@@ -130,7 +131,7 @@ def check_config(path: Path, args: argparse.Namespace) -> int:
                 str(token.path),
                 f"{token.mode:04o}",
                 token.format,
-                str(token.gid) if token.gid is not None else "-",
+                _group_name(token.gid),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -217,6 +218,15 @@ async def _fetch_all(loaded: LoadedConfig, force: bool) -> int:
         return EXIT_FAILED
 
     return EXIT_OK
+
+
+def _group_name(gid: int | None) -> str:
+    if gid is None:
+        return "-"
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 def not_available(path: Path, args: argparse.Namespace) -> int:
