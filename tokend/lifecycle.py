@@ -25,6 +25,7 @@ from tokend.files import (
     render_token,
     write_atomic,
 )
+from tokend.logs import TokenLog, event
 from tokend.oauth import TokenEndpoint, TokenRequest
 from tokend.schedule import Clock, Deadline, SystemClock, refresh_after, retry_after
 from tokend.state import StateRecord, StateStore
@@ -97,6 +98,7 @@ class TokenKeeper:
         self._wake = anyio.Event()
         self._attempt = 0
         self._sent_boot = 0.0
+        self.log = TokenLog(logger, self.config.name)
 
     @property
     def name(self) -> str:
@@ -130,18 +132,19 @@ class TokenKeeper:
                 try:
                     await self._publish(current, last_error=None)
                 except TokendError as exc:
-                    logger.warning(
+                    self.log.warning(
                         "cached token not republished token=%s error=%s", self.name, exc
                     )
                 else:
                     self._adopt(current)
                     self.settled.set()
                     due = self._refresh_deadline(token)
-                    logger.info(
+                    self.log.info(
                         "cached token reused token=%s file=%s expires_at=%s",
                         self.name,
                         self.config.path,
                         format_time(token.expires_at),
+                        extra=event("reused", token),
                     )
                     return due
         return Deadline.after(self.clock, 0)
@@ -155,11 +158,13 @@ class TokenKeeper:
         try:
             credentials = await self.vault.read_credentials(self.config.credentials)
         except TokendError as exc:
-            logger.warning("credentials not checked token=%s error=%s", self.name, exc)
+            self.log.warning(
+                "credentials not checked token=%s error=%s", self.name, exc
+            )
             return due
         current = self._current
         if current is not None and current.client_id != credentials.client_id:
-            logger.info("client_id changed, refreshing token=%s", self.name)
+            self.log.info("client_id changed, refreshing token=%s", self.name)
             return Deadline.after(self.clock, 0)
         return due
 
@@ -192,7 +197,7 @@ class TokenKeeper:
             token = await self._request(credentials)
         except InvalidClientError as exc:
             # The secret may have been rotated in Vault: read it again, once.
-            logger.info(
+            self.log.info(
                 "invalid_client, re-reading credentials token=%s error=%s",
                 self.name,
                 exc,
@@ -208,7 +213,7 @@ class TokenKeeper:
         )
         current = _Current(token, expiry, credentials.client_id, generation)
         await self._publish(current, last_error=None)
-        logger.info(
+        self.log.info(
             "token refreshed token=%s file=%s expires_at=%s lifetime=%.0fs "
             "fingerprint=%s generation=%d",
             self.name,
@@ -217,6 +222,7 @@ class TokenKeeper:
             token.lifetime,
             token.fingerprint,
             generation,
+            extra=event("refreshed", token),
         )
         return current
 
@@ -274,7 +280,7 @@ class TokenKeeper:
         status.last_error, status.last_error_kind = str(exc), exc.kind
         status.state = "failing" if self._is_valid() else "expired"
         level = logging.ERROR if exc.kind != "retryable" else logging.WARNING
-        logger.log(
+        self.log.log(
             level if changed else logging.DEBUG,
             "refresh failed token=%s kind=%s retry_in=%.0fs keeping=%s error=%s",
             self.name,
@@ -282,12 +288,13 @@ class TokenKeeper:
             delay,
             "valid token" if self._is_valid() else "nothing",
             exc,
+            extra=event("refresh_failed", kind=exc.kind),
         )
         if changed and self._current is not None and self._is_valid():
             try:
                 await self._write_metadata_error(str(exc))
             except TokendError as write_error:
-                logger.warning(
+                self.log.warning(
                     "metadata not updated token=%s error=%s", self.name, write_error
                 )
 
@@ -340,12 +347,13 @@ class TokenKeeper:
         config = self.config
         if config.on_expiry == "remove":
             await self.remove_files()
-        logger.error(
+        self.log.error(
             "token expired token=%s file=%s action=%s last_error=%s",
             self.name,
             config.path,
             "removed" if config.on_expiry == "remove" else "kept",
             self.status.last_error,
+            extra=event("expired"),
         )
 
     async def remove_files(self) -> None:

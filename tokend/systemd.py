@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Any
 
 try:
     import systemd.daemon as _daemon
@@ -73,6 +74,10 @@ def journal_wanted() -> bool:
     return bool(inode) and f"{info.st_dev}:{info.st_ino}" == f"{device}:{inode}"
 
 
-def journal_handler() -> logging.Handler:
-    handler: logging.Handler = _journal.JournalHandler(SYSLOG_IDENTIFIER="tokend")
+def journal_handler(sender: Any = None) -> logging.Handler:
+    """A handler writing to the journal; ``sender`` replaces it in tests."""
+    options: dict[str, Any] = {"SYSLOG_IDENTIFIER": "tokend"}
+    if sender is not None:
+        options["sender_function"] = sender
+    handler: logging.Handler = _journal.JournalHandler(**options)
     return handler
