@@ -81,7 +81,12 @@ def test_state_store_restores_what_was_saved(
     restored = store.restore("orders", REQUEST)
 
     assert restored is not None
-    again, generation, client_id = restored
+    again, generation, client_id = (
+        restored.token,
+        restored.generation,
+        restored.client_id,
+    )
+    assert restored.same_request
     assert again.value.get_secret_value() == SECRET
     assert again.token_type == "Bearer"
     assert again.issued_at == token.issued_at
@@ -106,18 +111,22 @@ def test_state_store_restored_expiry_is_never_later(
     restored = store.restore("orders", REQUEST)
 
     assert restored is not None
-    expires_at = restored[0].expires_at
+    expires_at = restored.token.expires_at
     assert expires_at <= token.expires_at
     assert (token.expires_at - expires_at).total_seconds() < 1
 
 
-def test_state_store_ignores_record_of_another_request(
+def test_state_store_marks_record_of_another_request(
     store: StateStore, tmp_path: Path
 ) -> None:
+    """A changed request is not reused, but its token is known until it expires."""
     publish(store, tmp_path, make_token())
 
-    assert store.restore("orders", REQUEST + "-new-audience") is None
-    assert store.restore("orders", REQUEST) is not None
+    changed = store.restore("orders", REQUEST + "-new-audience")
+    same = store.restore("orders", REQUEST)
+
+    assert changed is not None and not changed.same_request
+    assert same is not None and same.same_request
 
 
 def test_state_store_ignores_record_when_token_file_holds_another_token(

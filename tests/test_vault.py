@@ -254,3 +254,21 @@ async def test_short_ttl_is_renewed_then_logged_in_again(
 
     assert source.state.renewals >= 1
     assert source.state.ttl is not None and source.state.ttl >= 1
+
+
+async def test_many_tokens_at_once_log_in_only_once(
+    bao: BaoServer, approle_files: WriteAppRoleFiles
+) -> None:
+    """A secret_id may allow few uses: concurrent reads share one login."""
+    import anyio
+
+    creds = bao.seed_service(f"v-{secrets.token_hex(3)}", "svc-m", "s")
+    source = VaultSource(approle_settings(bao, approle_files(creds)))
+    try:
+        async with anyio.create_task_group() as group:
+            for _ in range(10):
+                group.start_soon(source.read_credentials, creds.kv_path)
+    finally:
+        await source.aclose()
+
+    assert source.state.logins == 1

@@ -110,44 +110,56 @@ class TokenKeeper:
 
     async def run(self) -> None:
         due = await self.restore()
-        if self._current is not None:
+        if self.status.state == "fresh":
             due = await self._check_client(due)
         while True:
             await self._sleep_until(due)
             due = await self.attempt()
 
     async def restore(self) -> Deadline:
-        """Adopt a still-valid cached token; return when to refresh next."""
+        """Take over the token an earlier run left; return when to refresh next.
+
+        A still-valid token for the same request is republished and reused.
+        A token for a changed request, or one about to expire, stays in its
+        file until the refresh (due now) replaces it or it expires; an expired
+        one is removed at once (with ``on_expiry = "remove"``).
+        """
         restored = await anyio.to_thread.run_sync(
             self.store.restore, self.name, self.fingerprint
         )
-        now = self.clock.wall()
-        if restored is not None:
-            token, generation, client_id = restored
-            remaining = token.remaining(datetime.fromtimestamp(now, UTC))
-            if remaining > max(self.config.min_lifetime, 1):
-                current = _Current(
-                    token, Deadline.after(self.clock, remaining), client_id, generation
-                )
-                try:
-                    await self._publish(current, last_error=None)
-                except TokendError as exc:
-                    self.log.warning(
-                        "cached token not republished token=%s error=%s", self.name, exc
-                    )
-                else:
-                    self._adopt(current)
-                    self.settled.set()
-                    due = self._refresh_deadline(token)
-                    self.log.info(
-                        "cached token reused token=%s file=%s expires_at=%s",
-                        self.name,
-                        self.config.path,
-                        format_time(token.expires_at),
-                        extra=event("reused", token),
-                    )
-                    return due
-        return Deadline.after(self.clock, 0)
+        now = Deadline.after(self.clock, 0)
+        if restored is None:
+            return now
+        token = restored.token
+        remaining = token.remaining(datetime.fromtimestamp(self.clock.wall(), UTC))
+        current = _Current(
+            token,
+            Deadline.after(self.clock, remaining),
+            restored.client_id,
+            restored.generation,
+        )
+        self._current = current
+        self.status.generation = restored.generation
+        if not restored.same_request or remaining <= max(self.config.min_lifetime, 1):
+            return now
+        try:
+            await self._publish(current)
+        except TokendError as exc:
+            self.log.warning(
+                "cached token not republished token=%s error=%s", self.name, exc
+            )
+            return now
+        self._adopt(current)
+        self.settled.set()
+        self.log.info(
+            "cached token reused token=%s file=%s expires_at=%s",
+            self.name,
+            self.config.path,
+            format_time(token.expires_at),
+            extra=event("reused", token),
+        )
+
+        return self._refresh_deadline(token)
 
     async def _check_client(self, due: Deadline) -> Deadline:
         """Refresh at once if Vault now holds another client_id than the cache's.
@@ -206,13 +218,13 @@ class TokenKeeper:
                 self.config.credentials, fresh=True
             )
             token = await self._request(credentials)
-        generation = (self._current.generation if self._current else 0) + 1
+        generation = self.status.generation + 1
         # Both clocks count the lifetime from the moment the request was sent.
         expiry = Deadline(
             self._sent_boot + token.lifetime, token.expires_at.timestamp()
         )
         current = _Current(token, expiry, credentials.client_id, generation)
-        await self._publish(current, last_error=None)
+        await self._publish(current)
         self.log.info(
             "token refreshed token=%s file=%s expires_at=%s lifetime=%.0fs "
             "fingerprint=%s generation=%d",
@@ -232,10 +244,18 @@ class TokenKeeper:
         self.status.requests += 1
         return await self.endpoint.fetch(self.request, credentials, sent_at)
 
-    async def _publish(self, current: _Current, last_error: str | None) -> None:
-        """Write the token file, its metadata and the state record."""
+    async def _publish(self, current: _Current) -> None:
+        """Write the token file, then its metadata and the state record.
+
+        The token file's rename is the commit point: once it happened the
+        token is published, and a failure of the side files is only a warning.
+
+        Raises:
+            FileSinkError: the token file could not be written (the old one
+                stays as it was).
+        """
         config = self.config
-        metadata = describe_metadata(current.token, current.generation, last_error)
+        metadata = describe_metadata(current.token, current.generation, None)
         record = StateRecord.of(
             config.name,
             self.fingerprint,
@@ -245,10 +265,9 @@ class TokenKeeper:
             config.format,
             current.client_id,
         )
+        data = render_token(current.token, config.format, metadata)
 
-        def write() -> None:
-            data = render_token(current.token, config.format, metadata)
-            write_atomic(config.path, data, config.mode, config.uid, config.gid)
+        def write_side_files() -> None:
             if config.metadata:
                 write_atomic(
                     config.metadata_path,
@@ -261,7 +280,17 @@ class TokenKeeper:
 
         # Shielded: a shutdown waits for a started write to finish.
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(write)
+            await anyio.to_thread.run_sync(
+                write_atomic, config.path, data, config.mode, config.uid, config.gid
+            )
+            try:
+                await anyio.to_thread.run_sync(write_side_files)
+            except TokendError as exc:
+                self.log.warning(
+                    "token written, but not its metadata or state token=%s error=%s",
+                    self.name,
+                    exc,
+                )
 
     def _adopt(self, current: _Current) -> None:
         self._current = current

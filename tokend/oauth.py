@@ -179,7 +179,11 @@ class TokenEndpoint:
             self._token_url = None  # the server may have moved it; look again
 
         document = _decode(body, content_type)
-        if status == 200 and isinstance(document, dict) and "error" not in document:
+        if (
+            status == 200
+            and isinstance(document, dict)
+            and not isinstance(document.get("error"), str)
+        ):
             return read_token_response(document, request, sent_at, url)
         raise describe_failure(
             url, status, content_type, body, document, retry_after, credentials
@@ -239,28 +243,40 @@ def _lifetime(
 ) -> float:
     candidates = []
     if expires_in is not None and not isinstance(expires_in, bool):
-        try:
-            seconds = float(expires_in)
-            if math.isnan(seconds):
-                raise ValueError("NaN")
-            candidates.append(seconds)
-        except (TypeError, ValueError):
+        seconds = _number(expires_in)
+        if seconds is None:
             raise TokenRejectedError(
                 f"token endpoint {url} sent expires_in {str(expires_in)[:40]!r}, "
                 "expected a number of seconds",
                 kind="retryable",
-            ) from None
-    exp = claims.get("exp")
-    if isinstance(exp, int | float) and not isinstance(exp, bool):
-        iat = claims.get("iat")
-        if isinstance(iat, int | float) and not isinstance(iat, bool) and iat <= exp:
-            candidates.append(float(exp - iat))
-        else:
-            candidates.append(exp - sent_at.timestamp())
+            )
+        candidates.append(seconds)
+    exp, iat = _number(claims.get("exp")), _number(claims.get("iat"))
+    if exp is not None:
+        candidates.append(
+            exp - iat if iat is not None and iat <= exp else exp - sent_at.timestamp()
+        )
+    candidates = [c for c in candidates if not math.isnan(c)]  # inf - inf
     if not candidates:
         return float(request.default_lifetime)
-    # Trust whichever says the token dies first.
+    # Trust whichever says the token dies first; +inf is capped below.
     return min(min(candidates), MAX_LIFETIME)
+
+
+def _number(value: Any) -> float | None:
+    """A finite-or-infinite real number of seconds from JSON, else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        # An integer beyond float range: as good as infinite, either way.
+        return math.inf if int(value) > 0 else -math.inf
+    except ValueError:
+        return None
+    if math.isnan(number):
+        return None
+    return number
 
 
 def _check_audience(claims: dict[str, Any], request: TokenRequest, url: str) -> None:
@@ -302,9 +318,11 @@ def describe_failure(
     """
     forms = _secret_forms(credentials)
     if isinstance(document, dict) and isinstance(document.get("error"), str):
-        code = _redact(document["error"], forms)[:64]
+        code = _one_line(_redact(document["error"], forms))[:64]
         described = document.get("error_description")
-        description = _redact(str(described), forms)[:300] if described else None
+        description = (
+            _one_line(_redact(str(described), forms))[:300] if described else None
+        )
         detail = f"{code}: {description}" if description else code
         message = f"token endpoint {url} answered {status} {detail}"
         return _class_for(code, status)(
@@ -316,11 +334,14 @@ def describe_failure(
             retry_after=retry_after,
         )
 
-    snippet = _redact(body.decode(errors="replace"), forms)
-    snippet = " ".join(snippet.split())[:200]
-    shown = f"{status} {content_type or 'without content type'}"
-    if status == 200:
-        message = f"token endpoint {url} answered 200 with no usable token ({shown})"
+    snippet = _one_line(_redact(body.decode(errors="replace"), forms))[:200]
+    kind_shown = _one_line(_redact(content_type, forms))[:64]
+    shown = f"{status} {kind_shown or 'without content type'}"
+    if 200 <= status < 300:
+        # A success body may hold a token: never quote it.
+        message = (
+            f"token endpoint {url} answered {status} with no usable token ({shown})"
+        )
         return TokenRejectedError(message, kind="retryable", status=status)
     message = f"token endpoint {url} answered {shown}: {snippet!r}"
     cls: type[TokenEndpointError] = TokenEndpointError
@@ -374,7 +395,7 @@ def _decode(body: bytes, content_type: str) -> Any:
         return dict(parse_qsl(text))
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
@@ -392,6 +413,11 @@ def _redact(text: str, forms: list[str]) -> str:
     for form in forms:
         text = text.replace(form, "***")
     return text
+
+
+def _one_line(text: str) -> str:
+    """Fold whitespace and drop control characters: a server cannot forge lines."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
 def _reason(exc: BaseException) -> str:

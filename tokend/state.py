@@ -82,6 +82,16 @@ class StateRecord:
 RECORD = TypeAdapter(StateRecord)
 
 
+@dataclass(frozen=True)
+class Restored:
+    """A token found on disk at start, with what its state record says."""
+
+    token: AccessToken
+    generation: int
+    client_id: str | None
+    same_request: bool
+
+
 class StateStore:
     """The state directory; every method is blocking file I/O."""
 
@@ -118,17 +128,15 @@ class StateStore:
 
         return record if record.version == STATE_VERSION else None
 
-    def restore(
-        self, name: str, request: str
-    ) -> tuple[AccessToken, int, str | None] | None:
-        """Return the cached token, its generation and client_id if usable.
+    def restore(self, name: str, request: str) -> Restored | None:
+        """Return the token an earlier run published for ``name``, if intact.
 
-        Usable means: the record exists, was made for the same request, and
-        the token file still holds exactly the token the record describes.
-        Expiry is the caller's to judge.
+        Intact means: the record exists and the token file still holds
+        exactly the token the record describes. Whether it was made for the
+        same ``request``, and whether it is still valid, the caller judges.
         """
         record = self.load(name)
-        if record is None or record.request != request:
+        if record is None:
             return None
         data = read_own_file(Path(record.path))
         value = parse_token_file(data, record.format) if data else None
@@ -147,7 +155,9 @@ class StateStore:
             audience=record.audience,
         )
 
-        return token, record.generation, record.client_id
+        return Restored(
+            token, record.generation, record.client_id, record.request == request
+        )
 
     def _path(self, name: str) -> Path:
         return self.directory / f"{name}.json"

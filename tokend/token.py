@@ -30,7 +30,7 @@ def decode_jwt_claims(value: str) -> dict[str, Any] | None:
     payload = parts[1] + "=" * (-len(parts[1]) % 4)
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
         return None
     return claims if isinstance(claims, dict) else None
 

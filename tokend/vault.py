@@ -134,21 +134,17 @@ class VaultSource:
     async def keep_login(self) -> None:
         """Renew the Vault token before its TTL runs out; log in again if needed.
 
-        Runs until cancelled. Failures are logged and retried with backoff.
+        Runs until cancelled. A failure is retried after a short backoff, not
+        after another two thirds of the TTL, which might outlive the token.
         """
         rng = random.Random()
         failures = 0
+        await self._logged_in.wait()
+        delay = self._renew_delay()
         while True:
-            await self._logged_in.wait()
-            ttl = self.state.ttl
-            if not ttl:
-                # A token without TTL (root, or periodic without one) never ends.
-                await anyio.sleep_forever()
-                return
-            await anyio.sleep(max(ttl * RENEW_SHARE, 1.0))
+            await anyio.sleep(delay)
             try:
                 await self._renew_or_login()
-                failures = 0
             except TokendError as exc:
                 failures += 1
                 self.state.last_error = str(exc)
@@ -156,12 +152,24 @@ class VaultSource:
                 logger.warning(
                     "vault login not renewed, retrying in %.0fs error=%s", delay, exc
                 )
-                await anyio.sleep(delay)
+                continue
+            failures = 0
+            delay = self._renew_delay()
+
+    def _renew_delay(self) -> float:
+        ttl = self.state.ttl
+        # A token without TTL (root, or periodic without one) never ends.
+        return max(ttl * RENEW_SHARE, 1.0) if ttl else float("inf")
 
     async def _renew_or_login(self) -> None:
-        if self.state.renewable:
+        client = self._client
+        if self.state.renewable and client is not None:
             try:
-                auth = await self._call(lambda c: c.auth.token.renew_self()["auth"])
+                auth = await self._run(
+                    lambda c: c.auth.token.renew_self()["auth"],
+                    client,
+                    where="auth/token/renew-self",
+                )
             except CredentialsError:
                 auth = None
             lease = float(auth.get("lease_duration") or 0) if auth else 0.0
@@ -171,19 +179,31 @@ class VaultSource:
                 self.state.renewals += 1
                 logger.debug("vault token renewed ttl=%.0fs", self.state.ttl)
                 return
-        await self.login()
+        await self.login(stale=client)
 
-    async def login(self) -> None:
-        """Log in (AppRole) or adopt the configured token, and record its TTL."""
+    async def login(self, stale: hvac.Client | None = None) -> hvac.Client:
+        """Log in (AppRole) or adopt the configured token; return the client.
+
+        Many tokens may find the login missing or revoked at once: only the
+        first logs in, the others use its result (a secret_id may allow only
+        a few uses). ``stale`` is the client the caller found wanting.
+        """
         async with self._lock:
+            if self._client is not None and self._client is not stale:
+                return self._client
             client = self._new_client()
+            where = (
+                "auth/token/lookup-self"
+                if self.settings.auth == "token"
+                else (f"auth/{self.settings.approle_mount}/login")
+            )
             try:
-                auth = await self._run(self._authenticate, client)
+                auth = await self._run(self._authenticate, client, where=where)
             except BaseException:
                 client.adapter.close()
                 raise
-            if self._client is not None:
-                self._client.adapter.close()
+            # The old client may still serve a call in a worker thread; it is
+            # left to the garbage collector rather than closed under it.
             self._client = client
             self.state.logged_in = True
             self.state.ttl = float(auth.get("lease_duration") or auth.get("ttl") or 0)
@@ -198,6 +218,7 @@ class VaultSource:
             self.settings.auth,
             self.state.ttl,
         )
+        return client
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -242,6 +263,7 @@ class VaultSource:
 
     async def _read_kv(self, path: str) -> dict[str, Any]:
         mount = self.settings.kv_mount
+        where = f"{mount}/data/{path}"
 
         def read(client: hvac.Client) -> dict[str, Any]:
             response = client.secrets.kv.v2.read_secret_version(
@@ -250,28 +272,17 @@ class VaultSource:
             data: dict[str, Any] = response["data"]["data"]
             return data
 
+        client = self._client or await self.login()
         try:
-            return await self._call(read, where=f"{mount}/data/{path}")
+            return await self._run(read, client, where=where)
         except VaultDeniedError:
             pass
         # A 403 may mean our token was revoked or expired: log in once more.
-        await self.login()
-        return await self._call(read, where=f"{mount}/data/{path}")
-
-    async def _call(
-        self, operation: Callable[[hvac.Client], T], where: str = "auth/token"
-    ) -> T:
-        if self._client is None:
-            await self.login()
-        client = self._client
-        assert client is not None
-        return await self._run(operation, client, where=where)
+        client = await self.login(stale=client)
+        return await self._run(read, client, where=where)
 
     async def _run(
-        self,
-        operation: Callable[[hvac.Client], T],
-        client: hvac.Client,
-        where: str = "auth/approle/login",
+        self, operation: Callable[[hvac.Client], T], client: hvac.Client, where: str
     ) -> T:
         try:
             return await anyio.to_thread.run_sync(
