@@ -21,6 +21,7 @@ import anyio.to_thread
 from tokend import __version__, systemd
 from tokend.config import TokenConfig
 from tokend.config_files import LoadedConfig, load_config
+from tokend.early import reload_was_requested
 from tokend.errors import ConfigError, TokendError
 from tokend.files import DirectoryLock, prepare_directory, remove_file
 from tokend.lifecycle import TokenKeeper
@@ -134,6 +135,9 @@ class Daemon:
         with anyio.open_signal_receiver(
             signal.SIGTERM, signal.SIGINT, signal.SIGHUP
         ) as signals:
+            if reload_was_requested():
+                logger.info("SIGHUP received during startup; reloading after it")
+                self._reload_wanted.set()
             try:
                 self.loaded = await anyio.to_thread.run_sync(
                     load_config, self.config_path

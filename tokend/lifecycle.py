@@ -129,6 +129,9 @@ class TokenKeeper:
         )
         now = Deadline.after(self.clock, 0)
         if restored is None:
+            # A crash between the token file and its record: keep counting up.
+            record = await anyio.to_thread.run_sync(self.store.load, self.name)
+            self.status.generation = record.generation if record else 0
             return now
         token = restored.token
         remaining = token.remaining(datetime.fromtimestamp(self.clock.wall(), UTC))
