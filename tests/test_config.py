@@ -139,10 +139,11 @@ OVERRIDABLE = [
     (
         "oauth",
         "ca_file",
-        '"/etc/ca-a.pem"',
-        '"/etc/ca-b.pem"',
-        Path("/etc/ca-a.pem"),
-        Path("/etc/ca-b.pem"),
+        # Any readable files do: the keys are checked to exist at load time.
+        '"/etc/passwd"',
+        '"/etc/hostname"',
+        Path("/etc/passwd"),
+        Path("/etc/hostname"),
     ),
     ("oauth", "default_lifetime", "600", "60", 600, 60),
     ("oauth", "min_lifetime", "30", "0", 30, 0),
@@ -1019,3 +1020,15 @@ def test_dump_toml_round_trips_through_tomllib() -> None:
     document = {"a b": {"x": [1, 2.5, 'q"\n\x00é'], "y": {"": True}}, "n": -3}
 
     assert tomllib.loads(dump_toml(document)) == document
+
+
+@pytest.mark.parametrize("section", ["oauth", "vault"])
+def test_load_config_missing_ca_file_is_a_problem(tmp_path: Path, section: str) -> None:
+    """A CA bundle that is not there fails `tokend check`, not the first request."""
+    missing = tmp_path / "no-ca.pem"
+    text = MINIMAL.replace(f"[{section}]\n", f'[{section}]\nca_file = "{missing}"\n')
+
+    problem = only_problem(problems_of(tmp_path, text))
+
+    assert f"{section}.ca_file" in problem
+    assert str(missing) in problem and "No such file" in problem

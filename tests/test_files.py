@@ -249,7 +249,7 @@ def test_write_atomic_changes_only_the_group_when_asked(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("mask", [0o000, 0o077])
-def test_prepare_directory_creates_missing_directory_with_0750(
+def test_prepare_directory_creates_missing_directory_with_0751(
     tmp_path: Path, mask: int
 ) -> None:
     directory = tmp_path / "tokend"
@@ -258,7 +258,7 @@ def test_prepare_directory_creates_missing_directory_with_0750(
         prepare_directory(directory)
 
     assert directory.is_dir()
-    assert mode_of(directory) == 0o750
+    assert mode_of(directory) == 0o751
 
 
 def test_prepare_directory_keeps_an_existing_safe_directory(tmp_path: Path) -> None:
@@ -509,3 +509,40 @@ def test_remove_file_removes_a_link_not_its_target(tmp_path: Path) -> None:
     assert remove_file(link) is True
     assert not link.is_symlink()
     assert victim.read_bytes() == b"precious"
+
+
+def test_write_atomic_names_the_group_fix_when_chown_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Without CAP_CHOWN a foreign group is refused: say how to fix it."""
+    import subprocess
+    import sys
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to an unprivileged user")
+    # pytest's tmp_path sits below a 0700 directory nobody else may enter.
+    holder = tempfile.TemporaryDirectory(dir="/tmp")
+    directory = Path(holder.name)
+    os.chmod(directory, 0o777)
+    code = (
+        "import os, sys; from pathlib import Path;"
+        "from tokend.files import write_atomic;"
+        "from tokend.errors import FileSinkError;"
+        "os.setgid(65534); os.setgroups([]); os.setuid(65534)\n"
+        "try:\n"
+        f"    write_atomic(Path({str(directory / 'tok')!r}), b'x', 0o640, None, 0)\n"
+        "except FileSinkError as e:\n"
+        "    print(e.kind, e)\n"
+    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        )
+        left = [p.name for p in directory.iterdir()]
+    finally:
+        holder.cleanup()
+
+    assert result.stdout.startswith("persistent "), result.stdout
+    assert "SupplementaryGroups=" in result.stdout
+    assert left == []

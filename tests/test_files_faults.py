@@ -97,7 +97,7 @@ def fill(directory: Path) -> Path:
 # --- the directory -----------------------------------------------------------
 
 
-def test_missing_directory_is_created_0750_when_the_parent_is_ours(
+def test_missing_directory_is_created_0751_when_the_parent_is_ours(
     tmp_path: Path,
 ) -> None:
     directory = tmp_path / "run" / "tokend"
@@ -106,7 +106,7 @@ def test_missing_directory_is_created_0750_when_the_parent_is_ours(
     prepare_directory(directory)
     write_atomic(directory / "orders", b"token", 0o640)
 
-    assert mode_of(directory) == 0o750
+    assert mode_of(directory) == 0o751
     assert (directory / "orders").read_bytes() == b"token"
 
 

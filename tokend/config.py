@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -67,6 +68,19 @@ def parse_mode(value: Any) -> int:
 
 
 Mode = Annotated[int, BeforeValidator(parse_mode)]
+
+
+def check_readable_file(path: Path) -> Path:
+    """A CA bundle must exist and be readable now, not at the first request."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    return path
+
+
+ReadableFile = Annotated[Path, AfterValidator(check_readable_file)]
 Seconds = Annotated[float, Field(gt=0, le=86400)]
 
 
@@ -85,7 +99,7 @@ class VaultSettings(Section):
     kv_mount: str = "secret"
     client_id_key: str = "client_id"
     client_secret_key: str = "client_secret"
-    ca_file: Path | None = None
+    ca_file: ReadableFile | None = None
     namespace: str | None = None
     timeout: Seconds = 10.0
 
@@ -111,7 +125,7 @@ class OAuthDefaults(Section):
     scopes: list[str] = Field(default_factory=list)
     extra_params: dict[str, str] = Field(default_factory=dict)
     timeout: Seconds = 10.0
-    ca_file: Path | None = None
+    ca_file: ReadableFile | None = None
     allow_insecure_http: bool = False
 
     @field_validator("scopes", mode="before")
@@ -180,7 +194,7 @@ class TokenSettings(Section):
     audience_param: AudienceParam | None = None
     extra_params: dict[str, str] | None = None
     timeout: Seconds | None = None
-    ca_file: Path | None = None
+    ca_file: ReadableFile | None = None
     allow_insecure_http: bool | None = None
     default_lifetime: Annotated[int, Field(ge=1, le=31_536_000)] | None = None
     min_lifetime: Annotated[int, Field(ge=0, le=86400)] | None = None

@@ -45,7 +45,9 @@ def config_path(cli_value: str | None) -> Path:
 def config_files(path: Path) -> list[Path]:
     """Return the main file and its ``conf.d`` drop-ins, in reading order."""
     drop_ins = path.parent / "conf.d"
-    extra = sorted(drop_ins.glob("*.toml")) if drop_ins.is_dir() else []
+    found = drop_ins.glob("*.toml") if drop_ins.is_dir() else []
+    # Editors leave hidden lock and swap files (".#orders.toml"): not config.
+    extra = sorted(p for p in found if not p.name.startswith("."))
     return [path, *extra]
 
 

@@ -102,6 +102,28 @@ def prepare_workspace(loaded: LoadedConfig) -> Workspace:
     return workspace
 
 
+@dataclass(frozen=True)
+class TokenDiff:
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+
+
+def diff_tokens(
+    old: dict[str, TokenConfig], new: dict[str, TokenConfig], restart_all: bool
+) -> TokenDiff:
+    """Which tokens a reload adds, removes, or must restart (settings differ)."""
+    return TokenDiff(
+        added=[name for name in new if name not in old],
+        removed=[name for name in old if name not in new],
+        changed=[
+            name
+            for name in old
+            if name in new and (restart_all or old[name] != new[name])
+        ],
+    )
+
+
 @dataclass
 class _Running:
     keeper: TokenKeeper
@@ -109,9 +131,18 @@ class _Running:
     done: anyio.Event = field(default_factory=anyio.Event)
 
     async def stop(self) -> None:
-        """Cancel the keeper and wait until a write it started has finished."""
+        """Cancel the keeper and wait until a write it started has finished.
+
+        The wait has no limit: a file written after the next step removed or
+        replaced it would undo that step. A slow disk is said in the log.
+        """
         self.scope.cancel()
         with anyio.move_on_after(STOP_GRACE):
+            await self.done.wait()
+        if not self.done.is_set():
+            logger.warning(
+                "waiting for a file write to finish token=%s", self.keeper.name
+            )
             await self.done.wait()
 
 
@@ -132,6 +163,7 @@ class Daemon:
         self._reload_wanted = anyio.Event()
         self._vault_scope = anyio.CancelScope()
         self._stop = anyio.Event()
+        self._ready_sent = False
         with anyio.open_signal_receiver(
             signal.SIGTERM, signal.SIGINT, signal.SIGHUP
         ) as signals:
@@ -214,6 +246,7 @@ class Daemon:
         try:
             await self._keep_running(running)
         finally:
+            running.keeper.settled.set()  # a stopped keeper holds up nothing
             running.done.set()
 
     async def _keep_running(self, running: _Running) -> None:
@@ -251,6 +284,7 @@ class Daemon:
         if waited.cancelled_caught:
             logger.warning("startup_timeout of %.0fs reached; ready anyway", timeout)
         systemd.notify_ready(summary)
+        self._ready_sent = True
         logger.info("ready %s", summary)
         while True:
             await anyio.sleep(10)
@@ -305,14 +339,20 @@ class Daemon:
 
     async def reload(self, group: anyio.abc.TaskGroup) -> None:
         """Apply a changed configuration, or keep the running one if invalid."""
-        systemd.notify_reloading()
+        # Before the first READY=1 systemd is not waiting for a reload's end.
+        announce = self._ready_sent
+        if announce:
+            systemd.notify_reloading()
         try:
-            await self._apply(group)
+            new = await self._load_new()
+            if new is not None:
+                await self._apply(group, new)
         finally:
-            systemd.notify_ready(self.summary())
+            if announce:
+                systemd.notify_ready(self.summary())
 
-    async def _apply(self, group: anyio.abc.TaskGroup) -> None:
-        assert self.loaded is not None and self._workspace is not None
+    async def _load_new(self) -> LoadedConfig | None:
+        assert self._workspace is not None
         try:
             new = await anyio.to_thread.run_sync(load_config, self.config_path)
             await anyio.to_thread.run_sync(self._workspace.prepare, new)
@@ -320,50 +360,58 @@ class Daemon:
             self.reload_error = "; ".join(exc.problems)
             for problem in exc.problems:
                 logger.error("reload rejected, keeping the running config: %s", problem)
-            return
+            return None
         except TokendError as exc:
             self.reload_error = str(exc)
             logger.error("reload rejected, keeping the running config: %s", exc)
-            return
+            return None
+        return new
+
+    async def _apply(self, group: anyio.abc.TaskGroup, new: LoadedConfig) -> None:
         old = self.loaded
+        assert old is not None
         self.loaded, self.reload_error = new, None
-        restart_all = old.settings.vault != new.settings.vault or (
-            old.settings.refresh != new.settings.refresh
+        restart_all = (old.settings.vault, old.settings.refresh) != (
+            new.settings.vault,
+            new.settings.refresh,
         )
+        diff = diff_tokens(old.tokens, new.tokens, restart_all)
         if restart_all and self._vault is not None:
             self._vault_scope.cancel()
             await self._vault.aclose()
-        removed = [n for n in old.tokens if n not in new.tokens]
-        changed = [
-            n
-            for n in old.tokens
-            if n in new.tokens and (restart_all or old.tokens[n] != new.tokens[n])
-        ]
-        added = [n for n in new.tokens if n not in old.tokens]
-        for name in removed + changed:
-            running = self._running.pop(name)
-            await running.stop()
-            moved = name in removed or old.tokens[name].path != new.tokens[name].path
-            if moved:
-                await running.keeper.remove_files()
-            elif not new.tokens[name].metadata:
-                await anyio.to_thread.run_sync(
-                    remove_file, old.tokens[name].metadata_path
-                )
+        stopping = [self._running.pop(name) for name in diff.removed + diff.changed]
+        async with anyio.create_task_group() as stops:
+            for running in stopping:
+                stops.start_soon(self._retire, running, old, new)
         if restart_all:
             self._vault = VaultSource(new.settings.vault)
             self._vault_scope = anyio.CancelScope()
             group.start_soon(self._keep_vault_login, self._vault, self._vault_scope)
-        for name in changed + added:
+        for name in diff.changed + diff.added:
             self._start_keeper(group, new.tokens[name])
         await self._endpoints.retain(new.tokens)
         logger.info(
             "reloaded added=%s removed=%s changed=%s unchanged=%d",
-            ",".join(added) or "-",
-            ",".join(removed) or "-",
-            ",".join(changed) or "-",
-            len(new.tokens) - len(added) - len(changed),
+            ",".join(diff.added) or "-",
+            ",".join(diff.removed) or "-",
+            ",".join(diff.changed) or "-",
+            len(new.tokens) - len(diff.added) - len(diff.changed),
         )
+
+    async def _retire(
+        self, running: _Running, old: LoadedConfig, new: LoadedConfig
+    ) -> None:
+        """Stop a removed or changed token's keeper and clean up what it leaves."""
+        name = running.keeper.name
+        await running.stop()
+        before, after = old.tokens[name], new.tokens.get(name)
+        try:
+            if after is None or after.path != before.path:
+                await running.keeper.remove_files()
+            elif before.metadata and not after.metadata:
+                await anyio.to_thread.run_sync(remove_file, before.metadata_path)
+        except TokendError as exc:
+            logger.error("old files not removed token=%s error=%s", name, exc)
 
     async def _watchdog(self) -> None:
         interval = systemd.watchdog_interval()

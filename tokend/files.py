@@ -26,7 +26,9 @@ logger = logging.getLogger(__name__)
 
 TEMP_SUFFIX = ".tokend-tmp"
 LOCK_NAME = ".tokend.lock"
-DIRECTORY_MODE = 0o750
+# Readers are in a token's group, not tokend's: they need to traverse the
+# directory (x for others), never to list it.
+DIRECTORY_MODE = 0o751
 
 
 def describe_metadata(
@@ -78,7 +80,7 @@ def parse_token_file(data: bytes, fmt: str) -> str | None:
 def prepare_directory(directory: Path) -> None:
     """Make sure ``directory`` exists and is safe to write tokens into.
 
-    A missing directory is created with mode 0750 when its parent is ours.
+    A missing directory is created with mode 0751 when its parent is ours.
 
     Raises:
         FileSinkError: the directory is missing and cannot be created, is not
@@ -174,7 +176,11 @@ class DirectoryLock:
 def remove_stale_temp_files(directory: Path) -> int:
     """Remove temporary files of interrupted writes; return how many."""
     removed = 0
-    for entry in os.scandir(directory):
+    try:
+        entries = list(os.scandir(directory))
+    except OSError as exc:
+        raise FileSinkError(f"cannot list {directory}: {exc.strerror}") from exc
+    for entry in entries:
         if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX):
             try:
                 os.unlink(entry.path)
@@ -206,9 +212,16 @@ def write_atomic(
         except OSError as exc:
             _unlink_quietly(temp, dir_fd)
             raise FileSinkError(f"cannot replace {path}: {exc.strerror}") from exc
-        os.fsync(dir_fd)
+        _sync_directory(dir_fd, path.parent)
     finally:
         os.close(dir_fd)
+
+
+def _sync_directory(dir_fd: int, directory: Path) -> None:
+    try:
+        os.fsync(dir_fd)
+    except OSError as exc:
+        raise FileSinkError(f"cannot sync {directory}: {exc.strerror}") from exc
 
 
 def _write_temp(
@@ -233,18 +246,32 @@ def _write_temp(
         # before any byte of the token exists in the file.
         os.fchmod(fd, mode)
         if uid is not None or gid is not None:
-            os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+            _give(fd, path, uid, gid)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
-    except OSError as exc:
+    except (OSError, FileSinkError) as exc:
         os.close(fd)
         _unlink_quietly(temp, dir_fd)
+        if isinstance(exc, FileSinkError):
+            raise
         raise FileSinkError(f"cannot write {path}: {exc.strerror}") from exc
     os.close(fd)
 
     return temp
+
+
+def _give(fd: int, path: Path, uid: int | None, gid: int | None) -> None:
+    try:
+        os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+    except PermissionError:
+        raise FileSinkError(
+            f"cannot give {path} to uid {uid if uid is not None else '-'} gid "
+            f"{gid if gid is not None else '-'}: tokend may only set a group it is "
+            "a member of (add it: SupplementaryGroups= in the unit, or usermod -aG)",
+            kind="persistent",
+        ) from None
 
 
 def remove_file(path: Path) -> bool:
@@ -257,7 +284,7 @@ def remove_file(path: Path) -> bool:
         raise FileSinkError(f"cannot remove {path}: {exc.strerror}") from exc
     dir_fd = _open_directory(path.parent)
     try:
-        os.fsync(dir_fd)
+        _sync_directory(dir_fd, path.parent)
     finally:
         os.close(dir_fd)
 

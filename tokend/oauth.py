@@ -19,6 +19,8 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus
 
 import aiohttp
+import anyio
+import anyio.to_thread
 from pydantic import SecretStr
 
 from tokend.discovery import discover_token_endpoint
@@ -116,17 +118,26 @@ class TokenEndpoint:
         self._token_url: str | None = None if discover else location
         self._session: aiohttp.ClientSession | None = None
 
-    def session(self) -> aiohttp.ClientSession:
+    async def session(self) -> aiohttp.ClientSession:
+        """The endpoint's one session; the TLS context loads in a worker thread."""
         if self._session is None or self._session.closed:
-            tls = ssl.create_default_context(
-                cafile=str(self._ca_file) if self._ca_file else None
-            )
+            tls = await anyio.to_thread.run_sync(self._tls_context)
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=tls, limit=32),
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 headers={"User-Agent": USER_AGENT},
             )
         return self._session
+
+    def _tls_context(self) -> ssl.SSLContext:
+        cafile = str(self._ca_file) if self._ca_file else None
+        try:
+            return ssl.create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise TokenEndpointError(
+                f"cannot load the CA bundle {cafile} for {self.location}: {exc}; "
+                "fix ca_file"
+            ) from None
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -135,7 +146,7 @@ class TokenEndpoint:
     async def token_url(self) -> str:
         if self._token_url is None:
             self._token_url = await discover_token_endpoint(
-                self.session(), self.location, self.allow_http
+                await self.session(), self.location, self.allow_http
             )
         return self._token_url
 
@@ -151,8 +162,9 @@ class TokenEndpoint:
         headers = {"Accept": "application/json"}
         if request.client_auth == "client_secret_basic":
             headers["Authorization"] = basic_authorization(credentials)
+        session = await self.session()
         try:
-            async with self.session().post(
+            async with session.post(
                 url,
                 data=request.form(credentials),
                 headers=headers,
