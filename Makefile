@@ -5,17 +5,35 @@ PY := $(VENV)/bin/python
 NODE_DIR := tests/servers/oauth
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all system-deps venv node dev test lint demo clean
+.PHONY: all system-deps node-check venv node dev test lint demo clean
 
 all: test
 
-# systemd-python compiles against libsystemd; pkg-config finds it.
+# What a fresh Debian needs: venv support, and a compiler, the Python headers,
+# libsystemd and pkg-config to build systemd-python. Only missing ones are installed.
 system-deps:
-	@if ! pkg-config --exists libsystemd 2>/dev/null; then \
-		echo "installing Debian packages: libsystemd-dev pkg-config"; \
+	@missing=""; \
+	$(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	command -v gcc >/dev/null || missing="$$missing gcc"; \
+	command -v pkg-config >/dev/null || missing="$$missing pkg-config"; \
+	pkg-config --exists libsystemd 2>/dev/null || missing="$$missing libsystemd-dev"; \
+	[ -f "$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] \
+		|| missing="$$missing python3-dev"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ] && ! command -v sudo >/dev/null; then \
+			echo "missing Debian packages:$$missing; run as root: apt-get install$$missing"; exit 1; \
+		fi; \
+		echo "installing Debian packages:$$missing"; \
 		$(SUDO) apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libsystemd-dev pkg-config gcc python3-dev >/dev/null; \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
+
+# The test OAuth server (oidc-provider) needs Node.js 20 or later.
+node-check:
+	@command -v node >/dev/null && command -v npm >/dev/null || \
+		{ echo "Node.js 20+ and npm are needed for the test OAuth server"; exit 1; }
+	@node -e 'process.exit(+process.versions.node.split(".")[0] >= 20 ? 0 : 1)' || \
+		{ echo "Node.js $$(node --version) is too old: 20 or later is needed"; exit 1; }
 
 $(VENV)/.installed: pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +43,7 @@ $(VENV)/.installed: pyproject.toml | system-deps
 
 venv: $(VENV)/.installed
 
-$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+$(NODE_DIR)/node_modules/.installed: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json | node-check
 	cd $(NODE_DIR) && npm ci --silent --no-audit --no-fund
 	@touch $@
 

@@ -1032,3 +1032,37 @@ def test_load_config_missing_ca_file_is_a_problem(tmp_path: Path, section: str) 
 
     assert f"{section}.ca_file" in problem
     assert str(missing) in problem and "No such file" in problem
+
+
+def test_load_config_reports_every_token_problem_at_once(tmp_path: Path) -> None:
+    """A new user fixes a file in one pass: all cross-key problems come together."""
+    text = (
+        VAULT
+        + '[files]\nmode = "0644"\n'
+        + '[tokens.orders]\ncredentials = "a"\n'
+        + '[tokens.billing]\ncredentials = "b"\naudience = "https://b"\n'
+        + 'client_auth = "private_key_jwt"\n'
+    )
+
+    problems = problems_of(tmp_path, text)
+
+    keys = sorted(problem.split(": ")[1] for problem in problems)
+    assert keys == [
+        "files.mode",
+        "oauth.token_url",
+        "tokens.billing.client_auth",
+        "tokens.orders.audience",
+    ]
+
+
+def test_load_config_refuses_plain_http_to_a_remote_vault(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        "https://vault.example.test:8200", "http://vault.example.test:8200"
+    )
+
+    problem = only_problem(problems_of(tmp_path, text))
+
+    assert "vault" in problem and "plain http is allowed only to loopback" in problem
+    assert load_text(
+        tmp_path, text.replace("[vault]\n", "[vault]\nallow_insecure_http = true\n")
+    ).settings.vault.allow_insecure_http

@@ -41,7 +41,8 @@ def _load_or_report(path: Path) -> LoadedConfig | None:
         return load_config(path)
     except ConfigError as exc:
         count = len(exc.problems)
-        sys.stderr.write(f"tokend: invalid configuration ({count} problems):\n")
+        noun = "problem" if count == 1 else "problems"
+        sys.stderr.write(f"tokend: invalid configuration ({count} {noun}):\n")
         sys.stderr.writelines(f"  {problem}\n" for problem in exc.problems)
         return None
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import grp
 import pwd
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -102,6 +104,15 @@ class VaultSettings(Section):
     ca_file: ReadableFile | None = None
     namespace: str | None = None
     timeout: Seconds = 10.0
+    allow_insecure_http: bool = False
+
+    @model_validator(mode="after")
+    def _check_address(self) -> VaultSettings:
+        try:
+            _check_url(("vault", "address"), self.address, self.allow_insecure_http)
+        except _KeyProblem as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
     @model_validator(mode="after")
     def _check_auth(self) -> VaultSettings:
@@ -314,8 +325,9 @@ def resolve_tokens(settings: Settings) -> tuple[dict[str, TokenConfig], list[Pro
     for name, spec in settings.tokens.items():
         try:
             token = _resolve_token(name, spec, settings)
-        except _KeyProblem as exc:
-            problems.append((exc.loc, str(exc)))
+        except _TokenProblems as exc:
+            # A bad default shows up once, not once per token that inherits it.
+            problems += [p for p in exc.problems if p not in problems]
             continue
         clash = paths.get(token.path) or paths.get(token.metadata_path)
         if clash is not None:
@@ -341,68 +353,86 @@ class _KeyProblem(ValueError):
         self.loc = loc
 
 
+class _TokenProblems(ValueError):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__(f"{len(problems)} problems")
+        self.problems = problems
+
+
+class _Checks:
+    """Collects every problem of one token instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    @contextmanager
+    def check(self) -> Iterator[None]:
+        try:
+            yield
+        except _KeyProblem as exc:
+            self.problems.append((exc.loc, str(exc)))
+
+
 def _resolve_token(name: str, spec: TokenSettings, settings: Settings) -> TokenConfig:
+    oauth, files = settings.oauth, settings.files
+    checks = _Checks()
+
     def where(key: str, section: str) -> Location:
         """The location of the value in force: the token's own, or the default."""
         own = getattr(spec, key, None) is not None
         return ("tokens", name, key) if own else (section, key)
 
-    if not TOKEN_NAME.match(name) or name.endswith(".json"):
-        raise _KeyProblem(
-            ("tokens", name),
-            "a token name is 1-64 letters, digits, '.', '_' or '-', starts with a "
-            "letter or digit and does not end in '.json'",
-        )
-
-    oauth, files = settings.oauth, settings.files
-
     def pick(key: str, default: Any) -> Any:
         value = getattr(spec, key)
         return default if value is None else value
 
-    if spec.token_url is not None or spec.issuer is not None:
-        token_url, issuer = spec.token_url, spec.issuer
-        url_loc: Location = ("tokens", name)
-    else:
-        token_url, issuer = oauth.token_url, oauth.issuer
-        url_loc = ("oauth",)
-    if (token_url is None) == (issuer is None):
-        raise _KeyProblem(
-            (*url_loc, "token_url"),
-            "set exactly one of token_url or issuer (in the token or in [oauth])",
-        )
-    allow_http = pick("allow_insecure_http", oauth.allow_insecure_http)
-    for key, url in (("token_url", token_url), ("issuer", issuer)):
-        if url is not None:
-            _check_url((*url_loc, key), url, allow_http)
-
+    with checks.check():
+        if not TOKEN_NAME.match(name) or name.endswith(".json"):
+            raise _KeyProblem(
+                ("tokens", name),
+                "a token name is 1-64 letters, digits, '.', '_' or '-', starts "
+                "with a letter or digit and does not end in '.json'",
+            )
+    token_url, issuer, allow_http = _resolve_endpoint(name, spec, oauth, checks)
     client_auth = pick("client_auth", oauth.client_auth)
-    if client_auth not in SUPPORTED_CLIENT_AUTH:
-        raise _KeyProblem(
-            where("client_auth", "oauth"),
-            f"{client_auth!r} is not supported by this version of tokend; "
-            "use 'client_secret_basic' or 'client_secret_post'",
-        )
+    with checks.check():
+        if client_auth not in SUPPORTED_CLIENT_AUTH:
+            raise _KeyProblem(
+                where("client_auth", "oauth"),
+                f"{client_auth!r} is not supported by this version of tokend; "
+                "use 'client_secret_basic' or 'client_secret_post'",
+            )
     audience_param = pick("audience_param", oauth.audience_param)
-    if spec.audience is None and audience_param != "none":
-        raise _KeyProblem(
-            ("tokens", name, "audience"),
-            f"missing; audience_param is {audience_param!r} "
-            '(set audience_param = "none" to request without one)',
-        )
-
+    with checks.check():
+        if spec.audience is None and audience_param != "none":
+            raise _KeyProblem(
+                ("tokens", name, "audience"),
+                f"missing; audience_param is {audience_param!r} "
+                '(set audience_param = "none" to request without one)',
+            )
     mode = pick("mode", files.mode)
-    if mode & 0o004 and not pick("allow_world_readable", files.allow_world_readable):
-        raise _KeyProblem(
-            where("mode", "files"),
-            f"{mode:04o} lets every user read the token; "
-            "set allow_world_readable = true if that is really meant",
-        )
+    with checks.check():
+        if mode & 0o004 and not pick(
+            "allow_world_readable", files.allow_world_readable
+        ):
+            raise _KeyProblem(
+                where("mode", "files"),
+                f"{mode:04o} lets every user read the token; "
+                "set allow_world_readable = true if that is really meant",
+            )
     directory = pick("directory", files.directory)
     path = spec.path if spec.path is not None else directory / name
-    if not path.is_absolute():
-        loc = ("tokens", name, "path") if spec.path else where("directory", "files")
-        raise _KeyProblem(loc, f"expected an absolute path, got {str(path)!r}")
+    with checks.check():
+        if not path.is_absolute():
+            loc = ("tokens", name, "path") if spec.path else where("directory", "files")
+            raise _KeyProblem(loc, f"expected an absolute path, got {str(path)!r}")
+    uid = gid = None
+    with checks.check():
+        uid = _lookup_id(pick("owner", files.owner), where("owner", "files"), "user")
+    with checks.check():
+        gid = _lookup_id(pick("group", files.group), where("group", "files"), "group")
+    if checks.problems:
+        raise _TokenProblems(checks.problems)
 
     return TokenConfig(
         name=name,
@@ -422,11 +452,40 @@ def _resolve_token(name: str, spec: TokenSettings, settings: Settings) -> TokenC
         path=path,
         mode=mode,
         format=pick("format", files.format),
-        uid=_lookup_id(pick("owner", files.owner), where("owner", "files"), "user"),
-        gid=_lookup_id(pick("group", files.group), where("group", "files"), "group"),
+        uid=uid,
+        gid=gid,
         metadata=pick("metadata", files.metadata),
         on_expiry=pick("on_expiry", files.on_expiry),
     )
+
+
+def _resolve_endpoint(
+    name: str, spec: TokenSettings, oauth: OAuthDefaults, checks: _Checks
+) -> tuple[str | None, str | None, bool]:
+    """The token's token_url or issuer (its own pair wins over [oauth]'s)."""
+    if spec.token_url is not None or spec.issuer is not None:
+        token_url, issuer = spec.token_url, spec.issuer
+        url_loc: Location = ("tokens", name)
+    else:
+        token_url, issuer = oauth.token_url, oauth.issuer
+        url_loc = ("oauth",)
+    allow_http = (
+        oauth.allow_insecure_http
+        if spec.allow_insecure_http is None
+        else spec.allow_insecure_http
+    )
+    with checks.check():
+        if (token_url is None) == (issuer is None):
+            raise _KeyProblem(
+                (*url_loc, "token_url"),
+                "set exactly one of token_url or issuer (in the token or in [oauth])",
+            )
+    for key, url in (("token_url", token_url), ("issuer", issuer)):
+        if url is not None:
+            with checks.check():
+                _check_url((*url_loc, key), url, allow_http)
+
+    return token_url, issuer, allow_http
 
 
 def _check_url(loc: Location, url: str, allow_http: bool) -> None:
