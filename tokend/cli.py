@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     refresh = command("refresh", "ask the running daemon to refresh a token now")
     refresh.add_argument("name", help="token name")
+    for sub in (status, refresh):
+        sub.add_argument(
+            "--socket",
+            metavar="PATH",
+            help="control socket (default: control.socket of the config)",
+        )
     jwks = command("jwks", "print the public JWKS of a token's signing key")
     jwks.add_argument("name", help="token name")
 
@@ -87,8 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "run": commands.run_daemon,
         "check": commands.check_config,
         "once": commands.fetch_once,
-        "status": commands.not_available,
-        "refresh": commands.not_available,
+        "status": commands.show_status,
+        "refresh": commands.refresh_token,
         "jwks": commands.not_available,
     }
     try:

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import argparse
 import grp
+import json
 import logging
 import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 import anyio
 import anyio.to_thread
 
 from tokend import __version__
+from tokend.config import FilesDefaults
 from tokend.config_files import LoadedConfig, load_config
+from tokend.control import REFRESH_WAIT
 from tokend.daemon import Daemon, EndpointPool, prepare_workspace
 from tokend.errors import ConfigError, TokendError
 from tokend.lifecycle import TokenKeeper, build_request
@@ -23,6 +29,7 @@ from tokend.vault import VaultSource
 
 logger = logging.getLogger("tokend")
 
+DEFAULT_SOCKET = FilesDefaults().directory / "control.sock"
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
@@ -166,7 +173,109 @@ def _group_name(gid: int | None) -> str:
 
 def not_available(path: Path, args: argparse.Namespace) -> int:
     sys.stderr.write(
-        f"tokend {args.command}: not available in tokend {__version__}: the control "
-        "socket it talks to is not implemented yet\n"
+        f"tokend {args.command}: not available in tokend {__version__}: it needs "
+        "private_key_jwt signing keys, which this version does not support yet\n"
     )
-    return EXIT_UNREACHABLE
+    return EXIT_FAILED
+
+
+def show_status(path: Path, args: argparse.Namespace) -> int:
+    """``tokend status``: 0 all fresh, 1 any not fresh, 3 daemon unreachable."""
+    answer = _ask_daemon(path, args, "GET", "/v1/status")
+    if answer is None:
+        return EXIT_UNREACHABLE
+    _, document = answer
+    if args.json:
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        sys.stdout.write(render_status(document))
+    tokens = document.get("tokens", {})
+    fresh = all(t.get("state") == "fresh" for t in tokens.values())
+
+    return EXIT_OK if fresh else EXIT_FAILED
+
+
+def render_status(document: dict[str, Any]) -> str:
+    """The status as a table, with the daemon's summary and errors above it."""
+    lines = [
+        f"tokend {document.get('version')}: {document.get('summary')}",
+        f"config {document.get('config')} loaded {document.get('loaded_at')}",
+    ]
+    if document.get("reload_error"):
+        lines.append(f"last reload rejected: {document['reload_error']}")
+    vault = document.get("vault") or {}
+    vault_state = "logged in" if vault.get("logged_in") else "not logged in"
+    lines.append(f"vault {vault_state}; last error: {vault.get('last_error') or '-'}")
+    rows = [("TOKEN", "STATE", "EXPIRES", "NEXT REFRESH", "FILE", "LAST ERROR")]
+    for name, token in document.get("tokens", {}).items():
+        rows.append(
+            (
+                name,
+                str(token.get("state")),
+                token.get("expires_at") or "-",
+                token.get("next_refresh") or "-",
+                token.get("file") or "-",
+                (token.get("last_error") or "-")[:120],
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines.append("")
+    for row in rows:
+        cells = zip(row, widths, strict=True)
+        lines.append("  ".join(v.ljust(w) for v, w in cells).rstrip())
+
+    return "\n".join(lines) + "\n"
+
+
+def refresh_token(path: Path, args: argparse.Namespace) -> int:
+    """``tokend refresh NAME``: 0 refreshed, 1 failed, 3 daemon unreachable."""
+    answer = _ask_daemon(path, args, "POST", f"/v1/tokens/{quote(args.name)}/refresh")
+    if answer is None:
+        return EXIT_UNREACHABLE
+    code, document = answer
+    status = document.get("status") or {}
+    if code == 200:
+        sys.stdout.write(
+            f"refreshed {args.name}: token {status.get('fingerprint')} expires "
+            f"{status.get('expires_at')}\n"
+        )
+        return EXIT_OK
+    reason = document.get("error") or status.get("last_error") or f"HTTP {code}"
+    sys.stderr.write(f"tokend refresh {args.name}: {reason}\n")
+
+    return EXIT_FAILED
+
+
+def _ask_daemon(
+    path: Path, args: argparse.Namespace, method: str, route: str
+) -> tuple[int, dict[str, Any]] | None:
+    socket_path = _socket_path(path, args)
+
+    async def ask() -> tuple[int, dict[str, Any]]:
+        connector = aiohttp.UnixConnector(path=str(socket_path))
+        timeout = aiohttp.ClientTimeout(total=REFRESH_WAIT + 5)
+        async with (
+            aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+            session.request(method, f"http://tokend{route}") as response,
+        ):
+            return response.status, await response.json()
+
+    try:
+        return anyio.run(ask)
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        sys.stderr.write(
+            f"tokend {args.command}: cannot reach the daemon at {socket_path}: "
+            f"{reason}. Is it running (systemctl status tokend)? Is this user in "
+            "the control socket's group?\n"
+        )
+        return None
+
+
+def _socket_path(path: Path, args: argparse.Namespace) -> Path:
+    if args.socket:
+        return Path(args.socket)
+    try:
+        return load_config(path).settings.control_socket
+    except ConfigError:
+        return DEFAULT_SOCKET

@@ -181,7 +181,7 @@ class RefreshSettings(Section):
 
 
 class ControlSettings(Section):
-    socket: Path = Path("/run/tokend/control.sock")
+    socket: Path | None = None  # default: files.directory / control.sock
     group: str | None = "tokend"
 
 
@@ -303,6 +303,10 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Earlier sources win: the environment overrides the files.
         return (env_settings, init_settings)
+
+    @property
+    def control_socket(self) -> Path:
+        return self.control.socket or self.files.directory / "control.sock"
 
     @property
     def state_directory(self) -> Path:

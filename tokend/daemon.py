@@ -10,29 +10,35 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 
-from tokend import __version__, systemd
+from tokend import __version__, schedule, systemd
 from tokend.config import TokenConfig
 from tokend.config_files import LoadedConfig, load_config
+from tokend.control import ControlServer, ControlState
 from tokend.early import reload_was_requested
 from tokend.errors import ConfigError, TokendError
 from tokend.files import DirectoryLock, prepare_directory, remove_file
 from tokend.lifecycle import TokenKeeper
+from tokend.metrics import Metrics
 from tokend.oauth import TokenEndpoint
 from tokend.state import StateStore
+from tokend.token import format_time
 from tokend.vault import VaultSource
 from tokend.watch import watch_config
 
 logger = logging.getLogger(__name__)
 
 STOP_GRACE = 1.5
+WATCHDOG_SLACK = 30.0
 KEEPER_RESTART_DELAY = 5.0
 
 
@@ -157,6 +163,11 @@ class Daemon:
         self._endpoints = EndpointPool()
         self._vault: VaultSource | None = None
         self._workspace: Workspace | None = None
+        self.loaded_at: str | None = None
+        self.metrics = Metrics(
+            keepers=lambda: [r.keeper for r in self._running.values()],
+            vault=lambda: self._vault.state if self._vault else None,
+        )
 
     async def run(self) -> int:
         """Run until SIGTERM or SIGINT; return the exit code."""
@@ -184,6 +195,7 @@ class Daemon:
             except TokendError as exc:
                 logger.error("cannot start: %s", exc)
                 return 1
+            control = await self._open_control(self.loaded)
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._handle_signals, signals, group.cancel_scope)
@@ -196,6 +208,8 @@ class Daemon:
                     )
             finally:
                 with anyio.CancelScope(shield=True):
+                    if control is not None:
+                        await control.aclose()
                     await self._endpoints.aclose()
                     if self._vault is not None:
                         await self._vault.aclose()
@@ -230,6 +244,7 @@ class Daemon:
             self._vault,
             self._workspace.store,
             self.loaded.settings.refresh,
+            observer=self.metrics.observe,
         )
         running = _Running(keeper, anyio.CancelScope())
         self._running[token.name] = running
@@ -289,6 +304,49 @@ class Daemon:
         while True:
             await anyio.sleep(10)
             systemd.notify_status(self.summary())
+
+    async def _open_control(self, loaded: LoadedConfig) -> ControlServer | None:
+        """Start the control socket; without it tokens are still kept fresh."""
+        self.loaded_at = format_time(datetime.now(UTC))
+        server = ControlServer(
+            loaded.settings.control_socket,
+            loaded.settings.control.group,
+            ControlState(
+                keepers=lambda: {n: r.keeper for n, r in self._running.items()},
+                status=self.describe,
+                metrics=self.metrics,
+            ),
+        )
+        try:
+            await server.start()
+        except TokendError as exc:
+            logger.error(
+                "control socket not available (status, refresh, metrics): %s", exc
+            )
+            return None
+        return server
+
+    def describe(self) -> dict[str, Any]:
+        """The daemon's state for ``tokend status``; never a secret."""
+        loaded = self.loaded
+        vault = self._vault.state if self._vault else None
+        return {
+            "version": __version__,
+            "config": str(self.config_path),
+            "config_files": [str(f) for f in loaded.files] if loaded else [],
+            "loaded_at": self.loaded_at,
+            "reload_error": self.reload_error,
+            "ready": self._ready_sent,
+            "summary": self.summary(),
+            "vault": asdict(vault) if vault else None,
+            "tokens": {
+                name: {
+                    **running.keeper.status.as_dict(),
+                    "file": str(running.keeper.config.path),
+                }
+                for name, running in sorted(self._running.items())
+            },
+        }
 
     def summary(self) -> str:
         """One line for STATUS=, e.g. ``3/3 tokens fresh``."""
@@ -358,11 +416,13 @@ class Daemon:
             await anyio.to_thread.run_sync(self._workspace.prepare, new)
         except ConfigError as exc:
             self.reload_error = "; ".join(exc.problems)
+            self.metrics.reloads.labels("rejected").inc()
             for problem in exc.problems:
                 logger.error("reload rejected, keeping the running config: %s", problem)
             return None
         except TokendError as exc:
             self.reload_error = str(exc)
+            self.metrics.reloads.labels("rejected").inc()
             logger.error("reload rejected, keeping the running config: %s", exc)
             return None
         return new
@@ -371,6 +431,8 @@ class Daemon:
         old = self.loaded
         assert old is not None
         self.loaded, self.reload_error = new, None
+        self.loaded_at = format_time(datetime.now(UTC))
+        self.metrics.reloads.labels("applied").inc()
         restart_all = (old.settings.vault, old.settings.refresh) != (
             new.settings.vault,
             new.settings.refresh,
@@ -414,9 +476,41 @@ class Daemon:
             logger.error("old files not removed token=%s error=%s", name, exc)
 
     async def _watchdog(self) -> None:
+        """Ping systemd's watchdog while the event loop and every keeper progress.
+
+        A blocked loop cannot run this task; a keeper stuck longer than its
+        longest honest wait (a wake slice plus a Vault and a token request)
+        stops the pings too, so systemd restarts the daemon.
+        """
         interval = systemd.watchdog_interval()
         if interval is None:
             return
+        stuck_before: list[str] = []
         while True:
-            systemd.notify("WATCHDOG=1")
+            stuck = self.stuck_keepers()
+            if not stuck:
+                systemd.notify("WATCHDOG=1")
+            elif stuck != stuck_before:
+                logger.error(
+                    "no progress, withholding the watchdog ping tokens=%s",
+                    ",".join(stuck),
+                )
+            stuck_before = stuck
             await anyio.sleep(interval)
+
+    def stuck_keepers(self) -> list[str]:
+        stuck = []
+        for name, running in self._running.items():
+            config = running.keeper.config
+            limit = (
+                WATCHDOG_SLACK
+                + schedule.WAKE_SLICE
+                + 2
+                * (
+                    config.timeout
+                    + (self.loaded.settings.vault.timeout if self.loaded else 0.0)
+                )
+            )
+            if running.keeper.stalled_for() > limit:
+                stuck.append(name)
+        return sorted(stuck)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -51,9 +52,10 @@ class TokenStatus:
     generation: int = 0
     requests: int = 0
     failures: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {**self.__dict__, "outcomes": dict(self.outcomes)}
 
 
 @dataclass
@@ -88,6 +90,8 @@ class TokenKeeper:
     policy: RefreshSettings
     clock: Clock = field(default_factory=SystemClock)
     rng: random.Random = field(default_factory=random.Random)
+    # Called after each attempt with (token, outcome, seconds), for metrics.
+    observer: Callable[[str, str, float], None] | None = None
 
     def __post_init__(self) -> None:
         self.status = TokenStatus()
@@ -98,7 +102,10 @@ class TokenKeeper:
         self._wake = anyio.Event()
         self._attempt = 0
         self._sent_boot = 0.0
+        self.heartbeat = self.clock.boottime()
         self.log = TokenLog(logger, self.config.name)
+        self._attempted = anyio.Event()
+        self.next_due: Deadline | None = None
 
     @property
     def name(self) -> str:
@@ -113,6 +120,7 @@ class TokenKeeper:
         if self.status.state == "fresh":
             due = await self._check_client(due)
         while True:
+            self.next_due = due
             await self._sleep_until(due)
             due = await self.attempt()
 
@@ -183,12 +191,27 @@ class TokenKeeper:
             return Deadline.after(self.clock, 0)
         return due
 
+    async def refresh_and_wait(self) -> None:
+        """Refresh now and return once that attempt ended, well or not."""
+        attempted = self._attempted
+        self.refresh_now()
+        await attempted.wait()
+
+    def _attempt_ended(self, outcome: str, started: float) -> None:
+        self.status.outcomes[outcome] = self.status.outcomes.get(outcome, 0) + 1
+        if self.observer is not None:
+            self.observer(self.name, outcome, self.clock.boottime() - started)
+        self._attempted.set()
+        self._attempted = anyio.Event()
+
     async def attempt(self) -> Deadline:
         """Refresh once; return when to try again (success or failure)."""
         self.status.state = "refreshing"
+        started = self.clock.boottime()
         try:
             current = await self._refresh()
         except TokendError as exc:
+            self._attempt_ended(exc.kind, started)
             self._attempt += 1
             delay = retry_after(
                 exc.kind,
@@ -202,6 +225,7 @@ class TokenKeeper:
             return Deadline.after(self.clock, delay)
         self._attempt = 0
         self._adopt(current)
+        self._attempt_ended("ok", started)
         self.settled.set()
 
         return self._refresh_deadline(current.token)
@@ -310,7 +334,10 @@ class TokenKeeper:
         status.failures += 1
         changed = (str(exc), exc.kind) != (status.last_error, status.last_error_kind)
         status.last_error, status.last_error_kind = str(exc), exc.kind
-        status.state = "failing" if self._is_valid() else "expired"
+        # "expired" only for a token that was there and ran out; a token never
+        # obtained since start is "failing".
+        never_had = self._current is None and status.generation == 0
+        status.state = "failing" if self._is_valid() or never_had else "expired"
         level = logging.ERROR if exc.kind != "retryable" else logging.WARNING
         self.log.log(
             level if changed else logging.DEBUG,
@@ -358,8 +385,25 @@ class TokenKeeper:
         self.status.next_refresh = format_time(datetime.fromtimestamp(due.wall, UTC))
         return due
 
+    def expires_at(self) -> float | None:
+        """Wall-clock expiry (seconds since the epoch) of the published token."""
+        current = self._current
+        return current.token.expires_at.timestamp() if current else None
+
+    def seconds_until_refresh(self) -> float | None:
+        return None if self.next_due is None else self.next_due.remaining(self.clock)
+
+    def stalled_for(self) -> float:
+        """Seconds since this keeper last showed progress (for the watchdog).
+
+        A keeper shows progress each time it wakes, at least every
+        :data:`schedule.WAKE_SLICE` seconds, and when a request ends.
+        """
+        return self.clock.boottime() - self.heartbeat
+
     async def _sleep_until(self, due: Deadline) -> None:
         while True:
+            self.heartbeat = self.clock.boottime()
             await self._expire_if_due()
             pause = due.next_sleep(self.clock)
             if self._current is not None and self._is_valid():
