@@ -298,7 +298,7 @@ class Daemon:
         summary = self.summary()
         if waited.cancelled_caught:
             logger.warning("startup_timeout of %.0fs reached; ready anyway", timeout)
-        systemd.notify_ready(summary)
+        await systemd.notify_ready(summary)
         self._ready_sent = True
         logger.info("ready %s", summary)
         while True:
@@ -356,7 +356,7 @@ class Daemon:
         failing = [
             n
             for n, r in self._running.items()
-            if r.keeper.status.state in ("failing", "expired")
+            if r.keeper.status.state != "fresh"
         ]
         if failing:
             line += "; not fresh: " + ", ".join(sorted(failing)[:5])
@@ -376,7 +376,7 @@ class Daemon:
                 "%s received; stopping, in-flight writes complete first",
                 signal.Signals(signum).name,
             )
-            systemd.notify_stopping()
+            await systemd.notify_stopping()
             self._stop.set()
             await (
                 anyio.lowlevel.checkpoint()
@@ -400,14 +400,14 @@ class Daemon:
         # Before the first READY=1 systemd is not waiting for a reload's end.
         announce = self._ready_sent
         if announce:
-            systemd.notify_reloading()
+            await systemd.notify_reloading()
         try:
             new = await self._load_new()
             if new is not None:
                 await self._apply(group, new)
         finally:
             if announce:
-                systemd.notify_ready(self.summary())
+                await systemd.notify_ready(self.summary())
 
     async def _load_new(self) -> LoadedConfig | None:
         assert self._workspace is not None

@@ -48,7 +48,10 @@ def setup_logging(level: str = "info", target: str = "auto") -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    if target == "journal" or (target == "auto" and systemd.journal_wanted()):
+    fallback = target == "journal" and not systemd.journal_available()
+    if not fallback and (
+        target == "journal" or (target == "auto" and systemd.journal_wanted())
+    ):
         handler = systemd.journal_handler()
     else:
         handler = logging.StreamHandler(sys.stderr)
@@ -58,3 +61,7 @@ def setup_logging(level: str = "info", target: str = "auto") -> None:
     # Library chatter would repeat what tokend already says, or worse.
     for name in ("aiohttp", "urllib3", "hvac", "watchfiles", "asyncio"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if fallback:
+        logging.getLogger(__name__).warning(
+            "no journal at %s; logging to stderr instead", systemd.JOURNAL_SOCKET
+        )

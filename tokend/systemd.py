@@ -1,18 +1,23 @@
-"""sd_notify and the journal, through systemd-python.
+"""sd_notify and the journal.
 
-Every function is silent and harmless when not run by systemd: without
-``NOTIFY_SOCKET`` nothing is sent.
+Notifications go out on a non-blocking datagram socket of our own, not
+through libsystemd's ``sd_notify``: that call blocks when the receiver's
+queue is full, and a blocked event loop would not even stop on SIGTERM.
+Without ``NOTIFY_SOCKET`` nothing is sent. The journal is written through
+systemd-python.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from typing import Any
 
+import anyio
+
 try:
-    import systemd.daemon as _daemon
     import systemd.journal as _journal
 except ImportError as exc:  # pragma: no cover - the dependency is required
     raise ImportError(
@@ -22,33 +27,58 @@ except ImportError as exc:  # pragma: no cover - the dependency is required
 
 logger = logging.getLogger(__name__)
 
-
-def notify(*fields: str) -> None:
-    """Send ``KEY=VALUE`` fields to the service manager, if there is one."""
-    if not os.environ.get("NOTIFY_SOCKET"):
-        return
-    try:
-        _daemon.notify("\n".join(fields))
-    except OSError as exc:
-        logger.debug("sd_notify failed error=%s", exc)
+JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
 
-def notify_ready(status: str) -> None:
-    notify("READY=1", f"STATUS={status}")
+def notify(*fields: str) -> bool:
+    """Send ``KEY=VALUE`` fields without waiting; False if not delivered."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return True
+    if address.startswith("@"):  # abstract namespace (sd_notify(3))
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        s.setblocking(False)
+        try:
+            s.sendto("\n".join(fields).encode(), address)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            logger.debug("sd_notify failed error=%s", exc)
+            return False
+    return True
 
 
-def notify_reloading() -> None:
+async def notify_surely(*fields: str, within: float = 2.0) -> None:
+    """Send a state change (READY, RELOADING, STOPPING), retrying briefly.
+
+    A full queue means the service manager is not reading; after ``within``
+    seconds the message is dropped with a warning rather than hang.
+    """
+    deadline = time.monotonic() + within
+    while not notify(*fields):
+        if time.monotonic() > deadline:
+            logger.warning("service manager not reading; dropped %s", fields[0])
+            return
+        await anyio.sleep(0.05)
+
+
+async def notify_ready(status: str) -> None:
+    await notify_surely("READY=1", f"STATUS={status}")
+
+
+async def notify_reloading() -> None:
     # systemd 253+ wants MONOTONIC_USEC with RELOADING=1 (Type=notify-reload).
     usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-    notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
+    await notify_surely("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
 
 def notify_status(status: str) -> None:
     notify(f"STATUS={status}")
 
 
-def notify_stopping() -> None:
-    notify("STOPPING=1")
+async def notify_stopping() -> None:
+    await notify_surely("STOPPING=1", within=0.5)
 
 
 def watchdog_interval() -> float | None:
@@ -58,9 +88,10 @@ def watchdog_interval() -> float | None:
     if not usec or (pid and pid != str(os.getpid())):
         return None
     try:
-        return int(usec) / 2_000_000
+        interval = int(usec) / 2_000_000
     except ValueError:
         return None
+    return interval if interval > 0 else None  # 0 means disabled, as for systemd
 
 
 def journal_wanted() -> bool:
@@ -72,6 +103,10 @@ def journal_wanted() -> bool:
     except OSError:
         return False
     return bool(inode) and f"{info.st_dev}:{info.st_ino}" == f"{device}:{inode}"
+
+
+def journal_available() -> bool:
+    return os.path.exists(JOURNAL_SOCKET)
 
 
 def journal_handler(sender: Any = None) -> logging.Handler:
