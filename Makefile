@@ -64,3 +64,15 @@ demo: dev
 
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules .demo
+
+# The Debian package (packaging/README.md): dist/tokend_VERSION_ARCH.deb.
+DEB = dist/tokend_$(shell sed -n '1s/^tokend (\(.*\)).*/\1/p' packaging/debian/changelog)_$(shell dpkg --print-architecture).deb
+
+.PHONY: deb test-packaging
+
+deb:
+	packaging/build-deb.sh
+
+# Installs the package with apt into a throwaway Debian 12 root (needs root).
+test-packaging: deb venv
+	TOKEND_DEB=$(DEB) $(PY) -m pytest tests/test_packaging.py

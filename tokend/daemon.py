@@ -354,9 +354,7 @@ class Daemon:
         fresh = states.count("fresh")
         line = f"{fresh}/{len(states)} tokens fresh"
         failing = [
-            n
-            for n, r in self._running.items()
-            if r.keeper.status.state != "fresh"
+            n for n, r in self._running.items() if r.keeper.status.state != "fresh"
         ]
         if failing:
             line += "; not fresh: " + ", ".join(sorted(failing)[:5])
