@@ -1066,3 +1066,27 @@ def test_load_config_refuses_plain_http_to_a_remote_vault(tmp_path: Path) -> Non
     assert load_text(
         tmp_path, text.replace("[vault]\n", "[vault]\nallow_insecure_http = true\n")
     ).settings.vault.allow_insecure_http
+
+
+def test_load_config_readers_become_acl_entries(tmp_path: Path) -> None:
+    text = MINIMAL + 'readers = ["user:0", "group:0", "user:0"]\n'
+
+    token = load_text(tmp_path, text).tokens["orders"]
+
+    assert token.acl == ("g:0:r", "u:0:r")
+
+
+@pytest.mark.parametrize(
+    ("reader", "expected"),
+    [
+        ("alice", "expected 'user:NAME' or 'group:NAME'"),
+        ("user:", "expected 'user:"),
+        ("group:no-such-group-x", "no group 'no-such-group-x'"),
+    ],
+)
+def test_load_config_bad_readers_are_problems(
+    tmp_path: Path, reader: str, expected: str
+) -> None:
+    problem = only_problem(problems_of(tmp_path, MINIMAL + f'readers = ["{reader}"]\n'))
+
+    assert "tokens.orders.readers" in problem and expected in problem

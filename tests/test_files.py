@@ -546,3 +546,73 @@ def test_write_atomic_names_the_group_fix_when_chown_is_refused(
     assert result.stdout.startswith("persistent "), result.stdout
     assert "SupplementaryGroups=" in result.stdout
     assert left == []
+
+
+def test_write_atomic_grants_readers_by_acl_without_widening_the_mode(
+    tmp_path: Path,
+) -> None:
+    """A reader outside the file's group can read it through its ACL entry."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if shutil.which("setfacl") is None or os.geteuid() != 0:
+        pytest.skip("needs setfacl (Debian package acl) and root to switch users")
+    holder = tempfile.TemporaryDirectory(dir="/tmp")
+    directory = Path(holder.name)
+    os.chmod(directory, 0o751)
+    path = directory / "orders"
+    try:
+        write_atomic(path, b"tok", 0o640, None, None, ("u:65534:r",))
+        acl = subprocess.run(
+            ["getfacl", "-c", str(path)], capture_output=True, text=True, check=True
+        ).stdout
+        as_nobody = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import os; os.setgid(65534); os.setgroups([]); os.setuid(65534);"
+                f"print(open({str(path)!r}).read())",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        mode = mode_of(path)
+    finally:
+        holder.cleanup()
+
+    assert "user:65534:r--" in acl or "user:nobody:r--" in acl
+    assert mode == 0o640
+    assert as_nobody.stdout.strip() == "tok", as_nobody.stderr
+
+
+def test_readers_on_a_file_system_without_acls_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """setfacl's "Operation not supported" becomes an error naming the directory.
+
+    The refusal is injected with a stand-in setfacl: no file system without
+    ACL support can be mounted here.
+    """
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "setfacl"
+    fake.write_text(
+        '#!/bin/sh\necho "setfacl: $3: Operation not supported" >&2\nexit 1\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    directory = tmp_path / "run"
+    directory.mkdir()
+    path = directory / "orders"
+
+    with pytest.raises(FileSinkError) as caught:
+        write_atomic(path, b"tok", 0o640, None, None, ("u:65534:r",))
+
+    assert caught.value.kind == "persistent"
+    assert "Operation not supported" in str(caught.value)
+    assert "POSIX ACL support" in str(caught.value) and str(directory) in str(
+        caught.value
+    )
+    assert list(directory.iterdir()) == []

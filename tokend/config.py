@@ -159,6 +159,7 @@ class FilesDefaults(Section):
     metadata: bool = True
     on_expiry: OnExpiry = "remove"
     allow_world_readable: bool = False
+    readers: list[str] = Field(default_factory=list)
 
 
 class RefreshSettings(Section):
@@ -218,6 +219,7 @@ class TokenSettings(Section):
     metadata: bool | None = None
     on_expiry: OnExpiry | None = None
     allow_world_readable: bool | None = None
+    readers: list[str] | None = None
 
     @field_validator("credentials")
     @classmethod
@@ -257,6 +259,7 @@ class TokenConfig:
     gid: int | None
     metadata: bool
     on_expiry: str
+    acl: tuple[str, ...] = ()  # setfacl entries such as "u:1001:r"
 
     @property
     def metadata_path(self) -> Path:
@@ -430,6 +433,9 @@ def _resolve_token(name: str, spec: TokenSettings, settings: Settings) -> TokenC
         if not path.is_absolute():
             loc = ("tokens", name, "path") if spec.path else where("directory", "files")
             raise _KeyProblem(loc, f"expected an absolute path, got {str(path)!r}")
+    acl: tuple[str, ...] = ()
+    with checks.check():
+        acl = _reader_entries(pick("readers", files.readers), where("readers", "files"))
     uid = gid = None
     with checks.check():
         uid = _lookup_id(pick("owner", files.owner), where("owner", "files"), "user")
@@ -460,7 +466,22 @@ def _resolve_token(name: str, spec: TokenSettings, settings: Settings) -> TokenC
         gid=gid,
         metadata=pick("metadata", files.metadata),
         on_expiry=pick("on_expiry", files.on_expiry),
+        acl=acl,
     )
+
+
+def _reader_entries(readers: list[str], loc: Location) -> tuple[str, ...]:
+    """Turn ``["user:alice", "group:billing"]`` into ACL entries by number."""
+    entries = []
+    for reader in readers:
+        kind, _, name = reader.partition(":")
+        if kind not in ("user", "group") or not name:
+            raise _KeyProblem(
+                loc, f"expected 'user:NAME' or 'group:NAME', got {reader!r}"
+            )
+        number = _lookup_id(name, loc, kind)
+        entries.append(f"{kind[0]}:{number}:r")
+    return tuple(sorted(set(entries)))
 
 
 def _resolve_endpoint(

@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +197,12 @@ def remove_stale_temp_files(directory: Path) -> int:
 
 
 def write_atomic(
-    path: Path, data: bytes, mode: int, uid: int | None = None, gid: int | None = None
+    path: Path,
+    data: bytes,
+    mode: int,
+    uid: int | None = None,
+    gid: int | None = None,
+    acl: tuple[str, ...] = (),
 ) -> None:
     """Replace ``path`` with ``data`` so that readers never see a partial file.
 
@@ -206,7 +212,7 @@ def write_atomic(
     _refuse_links(path)
     dir_fd = _open_directory(path.parent)
     try:
-        temp = _write_temp(dir_fd, path, data, mode, uid, gid)
+        temp = _write_temp(dir_fd, path, data, mode, uid, gid, acl)
         try:
             os.rename(temp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         except OSError as exc:
@@ -225,7 +231,13 @@ def _sync_directory(dir_fd: int, directory: Path) -> None:
 
 
 def _write_temp(
-    dir_fd: int, path: Path, data: bytes, mode: int, uid: int | None, gid: int | None
+    dir_fd: int,
+    path: Path,
+    data: bytes,
+    mode: int,
+    uid: int | None,
+    gid: int | None,
+    acl: tuple[str, ...] = (),
 ) -> str:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(5):
@@ -247,6 +259,8 @@ def _write_temp(
         os.fchmod(fd, mode)
         if uid is not None or gid is not None:
             _give(fd, path, uid, gid)
+        if acl:
+            grant_readers(fd, path, acl)
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
@@ -272,6 +286,38 @@ def _give(fd: int, path: Path, uid: int | None, gid: int | None) -> None:
             "a member of (add it: SupplementaryGroups= in the unit, or usermod -aG)",
             kind="persistent",
         ) from None
+
+
+def grant_readers(fd: int, path: Path, entries: tuple[str, ...]) -> None:
+    """Add read ACL entries to the open file ``fd`` before any byte is in it.
+
+    Uses ``setfacl`` (Debian's acl package), the reference tool, on the
+    descriptor's /proc path: no compiled binding to build, nothing re-opened
+    by name. The mask becomes read-only, so the mode's group bits stay r.
+    """
+    target = f"/proc/self/fd/{fd}"
+    try:
+        result = subprocess.run(
+            ["setfacl", "-m", ",".join(entries), target],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+            pass_fds=(fd,),  # so /proc/self/fd/N in setfacl is our file
+        )
+    except FileNotFoundError:
+        raise FileSinkError(
+            "readers needs setfacl: install the acl package", kind="persistent"
+        ) from None
+    except subprocess.TimeoutExpired:
+        raise FileSinkError(f"setfacl on {path} timed out") from None
+    if result.returncode != 0:
+        reason = result.stderr.strip().rpartition(": ")[2] or "failed"
+        raise FileSinkError(
+            f"cannot grant readers on {path}: {reason}; the file system of "
+            f"{path.parent} needs POSIX ACL support for readers",
+            kind="persistent",
+        )
 
 
 def remove_file(path: Path) -> bool:

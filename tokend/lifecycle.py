@@ -302,13 +302,20 @@ class TokenKeeper:
                     config.mode,
                     config.uid,
                     config.gid,
+                    config.acl,
                 )
             self.store.save(record)
 
         # Shielded: a shutdown waits for a started write to finish.
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(
-                write_atomic, config.path, data, config.mode, config.uid, config.gid
+                write_atomic,
+                config.path,
+                data,
+                config.mode,
+                config.uid,
+                config.gid,
+                config.acl,
             )
             try:
                 await anyio.to_thread.run_sync(write_side_files)
@@ -370,6 +377,7 @@ class TokenKeeper:
                 config.mode,
                 config.uid,
                 config.gid,
+                config.acl,
             )
 
     def _is_valid(self) -> bool:
