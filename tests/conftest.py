@@ -5,4 +5,5 @@ from __future__ import annotations
 pytest_plugins = [
     "tests.support.bao_fixtures",
     "tests.support.oauth_fixtures",
+    "tests.support.stack_fixtures",
 ]

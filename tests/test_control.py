@@ -5,35 +5,15 @@ from __future__ import annotations
 import json
 import stat
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import anyio
 import pytest
 
-from tests.support.bao_server import BaoServer
-from tests.support.oauth_server import OAuthServer
 from tests.support.stack import Stack, TokendProcess
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def stack(bao: BaoServer, oauth: OAuthServer, tmp_path: Path) -> Iterator[Stack]:
-    deployment = Stack(bao, oauth, tmp_path)
-    processes: list[TokendProcess] = []
-    original_start = deployment.start
-
-    def start(*extra: str, env: dict[str, str] | None = None) -> TokendProcess:
-        process = original_start(*extra, env=env)
-        processes.append(process)
-        return process
-
-    deployment.start = start  # type: ignore[method-assign]
-    yield deployment
-    for process in processes:
-        process.kill()
 
 
 def fetch(socket: Path, route: str) -> tuple[int, str]:

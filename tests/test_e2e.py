@@ -7,33 +7,12 @@ import math
 import signal
 import stat
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.support.bao_server import BaoServer
-from tests.support.oauth_server import OAuthServer
-from tests.support.stack import Stack, TokendProcess
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def stack(bao: BaoServer, oauth: OAuthServer, tmp_path: Path) -> Iterator[Stack]:
-    deployment = Stack(bao, oauth, tmp_path)
-    processes: list[TokendProcess] = []
-    original_start = deployment.start
-
-    def start(*extra: str, env: dict[str, str] | None = None) -> TokendProcess:
-        process = original_start(*extra, env=env)
-        processes.append(process)
-        return process
-
-    deployment.start = start  # type: ignore[method-assign]
-    yield deployment
-    for process in processes:
-        process.kill()
 
 
 def test_run_writes_a_verified_token_with_restrictive_mode(stack: Stack) -> None:

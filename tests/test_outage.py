@@ -3,33 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.support.bao_server import BaoServer
-from tests.support.oauth_server import OAuthServer
-from tests.support.stack import Stack, TokendProcess
+from tests.support.stack import Stack
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def stack(bao: BaoServer, oauth: OAuthServer, tmp_path: Path) -> Iterator[Stack]:
-    deployment = Stack(bao, oauth, tmp_path)
-    processes: list[TokendProcess] = []
-    original_start = deployment.start
-
-    def start(*extra: str, env: dict[str, str] | None = None) -> TokendProcess:
-        process = original_start(*extra, env=env)
-        processes.append(process)
-        return process
-
-    deployment.start = start  # type: ignore[method-assign]
-    yield deployment
-    for process in processes:
-        process.kill()
 
 
 def test_oauth_outage_keeps_the_token_and_recovers_within_one_backoff(

@@ -13,12 +13,10 @@ import shutil
 import signal
 import stat
 import time
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from tests.support.bao_server import BaoServer
 from tests.support.oauth_server import OAuthServer
 from tests.support.stack import Stack, TokendProcess
 
@@ -27,23 +25,6 @@ pytestmark = pytest.mark.e2e
 REJECTED = "reload rejected, keeping the running config: "
 # Refresh after 10-15% of a 12 s lifetime: a refresh every ~1.5 s.
 QUICK = {"min_share": 0.1, "max_share": 0.15}
-
-
-@pytest.fixture
-def stack(bao: BaoServer, oauth: OAuthServer, tmp_path: Path) -> Iterator[Stack]:
-    deployment = Stack(bao, oauth, tmp_path)
-    processes: list[TokendProcess] = []
-    original_start = deployment.start
-
-    def start(*extra: str, env: Mapping[str, str] | None = None) -> TokendProcess:
-        process = original_start(*extra, env=env)
-        processes.append(process)
-        return process
-
-    deployment.start = start  # type: ignore[method-assign]
-    yield deployment
-    for process in processes:
-        process.kill()
 
 
 def reloads(daemon: TokendProcess) -> int:

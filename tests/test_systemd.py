@@ -32,16 +32,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
-from tests.support.bao_server import BaoServer
-from tests.support.oauth_server import OAuthServer
-from tests.support.stack import ROOT, Stack, TokendProcess
+from tests.support.stack import ROOT, Stack
 from tokend import systemd
 
 UNIT = ROOT / "systemd" / "tokend.service"
@@ -118,25 +116,6 @@ class NotifyListener:
 
 
 NotifyFactory = Callable[..., NotifyListener]
-
-
-@pytest.fixture
-def stack(bao: BaoServer, oauth: OAuthServer, tmp_path: Path) -> Iterator[Stack]:
-    deployment = Stack(bao, oauth, tmp_path)
-    processes: list[TokendProcess] = []
-    original_start = deployment.start
-
-    def start(*extra: str, env: Mapping[str, str] | None = None) -> TokendProcess:
-        process = original_start(*extra, env=env)
-        processes.append(process)
-        return process
-
-    deployment.start = start  # type: ignore[method-assign]
-    yield deployment
-    for process in processes:
-        if process.process is not None and process.process.poll() is None:
-            os.kill(process.pid, signal.SIGCONT)  # a test may have stopped it
-        process.kill()
 
 
 @pytest.fixture

@@ -77,6 +77,7 @@ class Stack:
         self.role_id_file = self._private("role_id", role_id)
         self.secret_id_file = self._private("secret_id", bao.new_secret_id(policy))
         self.services: dict[str, Service] = {}
+        self.processes: list[TokendProcess] = []
 
     def _private(self, name: str, text: str) -> Path:
         path = self.root / "credentials" / name
@@ -184,7 +185,15 @@ class Stack:
     def start(self, *extra: str, env: Mapping[str, str] | None = None) -> TokendProcess:
         process = TokendProcess(self.config_path, self.root / "tokend.log", extra, env)
         process.start()
+        self.processes.append(process)
         return process
+
+    def close(self) -> None:
+        """Kill every daemon this stack started (a stopped one is continued first)."""
+        for process in self.processes:
+            if process.process is not None and process.process.poll() is None:
+                os.kill(process.pid, signal.SIGCONT)
+            process.kill()
 
 
 def tokend_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
