@@ -237,10 +237,9 @@ class TokenFile:
             document = _load_json(text)
             token = document.get("access_token")
             expires_at = _parse_time(document.get("expires_at"))
-        elif text[:7].lower() == "bearer ":
-            token = text[7:].strip()
         else:
-            token = text
+            scheme, _, rest = text.partition(" ")
+            token = rest.strip() if scheme.lower() == "bearer" else text
         # Whitespace or control characters would corrupt the header line.
         if not isinstance(token, str) or not _is_header_safe(token):
             raise TokenUnavailableError(
@@ -401,7 +400,7 @@ class AiohttpMiddleware:
         origin: str | None = None,
     ) -> None:
         self.token_file = _as_token_file(token, directory)
-        self.origin = origin.rstrip("/") if origin else None
+        self.origin = _normalise_origin(origin) if origin else None
 
     async def __call__(
         self, request: ClientRequest, handler: ClientHandlerType
@@ -426,6 +425,12 @@ class AiohttpMiddleware:
         request.headers["Authorization"] = _bearer(replacement)
 
         return await handler(request)
+
+
+def _normalise_origin(url: str) -> str:
+    from yarl import URL  # an aiohttp dependency
+
+    return str(URL(url).origin())
 
 
 def _build_requests_auth() -> type:
@@ -466,9 +471,10 @@ def _build_requests_auth() -> type:
             request = response.request
             if response.status_code != 401 or getattr(request, retried, False):
                 return response
-            if not isinstance(request.body, bytes | str | None):
-                return response
+            # No token: a redirect to another host dropped it; never send it there.
             sent = _sent_token(request.headers.get("Authorization"))
+            if not sent or not isinstance(request.body, bytes | str | None):
+                return response
             replacement = self.token_file.renew(sent)
             if replacement is None:
                 return response

@@ -1,0 +1,3 @@
+module example.internal/go_client
+
+go 1.19
