@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 NODE_DIR := tests/servers/oauth
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all system-deps node-check venv node dev test lint demo clean
+.PHONY: all system-deps node-check venv node dev test lint demo clean bench
 
 all: test
 
@@ -63,6 +63,16 @@ lint: venv
 demo: dev
 	$(PY) -m tests.support.demo
 
+$(VENV)/.bench-installed: pyproject.toml | venv
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	@touch $@
+
+# Benchmark scripts (not tests): JSON and plots in docs/performance/, the
+# summary in docs/performance.md. About 10 minutes on 2 cores; BENCH_ARGS=--quick
+# is a smoke run of the whole pipeline in about 2.
+bench: $(VENV)/.bench-installed
+	$(PY) -m tests.benchmarks.run_all $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) $(NODE_DIR)/node_modules .demo
 
@@ -77,3 +87,11 @@ deb:
 # Installs the package with apt into a throwaway Debian 12 root (needs root).
 test-packaging: deb venv
 	TOKEND_DEB=$(DEB) $(PY) -m pytest tests/test_packaging.py
+
+# The documentation site (mkdocs.yml): build/site/index.html. Strict: a broken
+# link, anchor or nav entry fails. mkdocs comes with the dev extra.
+.PHONY: docs
+
+docs: venv
+	$(VENV)/bin/mkdocs build --strict --quiet
+	@echo "docs: build/site/index.html"
