@@ -63,6 +63,11 @@ def check_config(path: Path, args: argparse.Namespace) -> int:
     out.write(
         f"vault: {loaded.settings.vault.address} auth={loaded.settings.vault.auth}\n"
     )
+    control = loaded.settings.control
+    out.write(f"control socket: {loaded.settings.control_socket}")
+    if control.group and not _group_exists(control.group):
+        out.write(f" (warning: no group {control.group!r}; it keeps tokend's group)")
+    out.write("\n")
     rows = [("TOKEN", "AUDIENCE", "SCOPES", "FILE", "MODE", "FORMAT", "GROUP")]
     for token in loaded.tokens.values():
         rows.append(
@@ -160,6 +165,14 @@ async def _fetch_all(loaded: LoadedConfig, force: bool) -> int:
         return EXIT_FAILED
 
     return EXIT_OK
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _group_name(gid: int | None) -> str:
