@@ -152,3 +152,31 @@ def test_the_socket_refuses_nothing_but_answers_no_secret_anywhere(
 
     for answer in answers:
         assert token not in answer and secret not in answer
+
+
+def test_metrics_listen_serves_metrics_over_tcp_only(stack: Stack) -> None:
+    import socket
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    stack.add_service("orders")
+    stack.write_config(
+        {"orders": stack.token_entry("orders")},
+        raw=f'[metrics]\nlisten = "127.0.0.1:{port}"\n',
+    )
+    daemon = stack.start()
+    daemon.wait_for_log("ready")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    with opener.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        opener.open(f"http://127.0.0.1:{port}/v1/status", timeout=5)
+    refused.value.close()
+
+    assert 'tokend_token_fresh{token="orders"} 1.0' in text
+    assert "tokend_vault_failures" in text
+    assert refused.value.code == 404

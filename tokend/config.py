@@ -191,6 +191,24 @@ class DaemonSettings(Section):
     state_directory: Path | None = None
 
 
+class MetricsSettings(Section):
+    """``listen = "127.0.0.1:9464"`` serves /metrics over TCP for scrapers."""
+
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(
+                f"expected HOST:PORT such as 127.0.0.1:9464, got {value!r}"
+            )
+        return value
+
+
 class TokenSettings(Section):
     """One ``[tokens.NAME]`` table. ``None`` means: inherit the default."""
 
@@ -293,6 +311,7 @@ class Settings(BaseSettings):
     refresh: RefreshSettings = Field(default_factory=RefreshSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     tokens: dict[str, TokenSettings] = Field(default_factory=dict)
 
     @classmethod

@@ -50,6 +50,7 @@ class ControlServer:
     def __init__(self, path: Path, group: str | None, state: ControlState) -> None:
         self.path, self.group, self.state = path, group, state
         self._runner: web.AppRunner | None = None
+        self._tcp_runner: web.AppRunner | None = None
         self._last_forced: dict[str, float] = {}
 
     async def start(self) -> None:
@@ -70,7 +71,26 @@ class ControlServer:
         await site.start()
         logger.info("control socket listening path=%s", self.path)
 
+    async def serve_metrics_on(self, listen: str) -> None:
+        """Also serve /metrics (only) on TCP, for scrapers that cannot use a socket."""
+        host, _, port = listen.rpartition(":")
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        self._tcp_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._tcp_runner.setup()
+        site = web.TCPSite(self._tcp_runner, host.strip("[]"), int(port))
+        try:
+            await site.start()
+        except OSError as exc:
+            raise FileSinkError(
+                f"cannot listen on metrics.listen = {listen!r}: {exc.strerror}"
+            ) from exc
+        logger.info("metrics listening address=%s", listen)
+
     async def aclose(self) -> None:
+        if self._tcp_runner is not None:
+            await self._tcp_runner.cleanup()
+            self._tcp_runner = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

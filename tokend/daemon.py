@@ -324,6 +324,12 @@ class Daemon:
                 "control socket not available (status, refresh, metrics): %s", exc
             )
             return None
+        listen = loaded.settings.metrics.listen
+        if listen:
+            try:
+                await server.serve_metrics_on(listen)
+            except TokendError as exc:
+                logger.error("metrics not served over TCP: %s", exc)
         return server
 
     def describe(self) -> dict[str, Any]:

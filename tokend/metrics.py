@@ -107,6 +107,12 @@ class _StateCollector(Collector):
                 "tokend_vault_renewals", "Vault token renewals since start (counter)."
             )
             renewals.add_metric([], state.renewals)
+            failures = GaugeMetricFamily(
+                "tokend_vault_failures",
+                "Failed Vault calls (login, renewal, reads) since start (counter).",
+            )
+            failures.add_metric([], state.failures)
+            yield failures
             logged_in = GaugeMetricFamily(
                 "tokend_vault_logged_in", "1 while the Vault login is good."
             )

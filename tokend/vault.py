@@ -83,6 +83,7 @@ class LoginState:
     renewable: bool = False
     logins: int = 0
     renewals: int = 0
+    failures: int = 0
     last_error: str | None = None
 
 
@@ -294,6 +295,7 @@ class VaultSource:
         except Exception as exc:  # hvac and requests errors end here
             error = self._translate(exc, where)
             self.state.last_error = str(error)
+            self.state.failures += 1
             if where.startswith("auth/"):
                 self.state.logged_in = False
             raise error from None
