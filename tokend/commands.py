@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -291,4 +292,19 @@ def _socket_path(path: Path, args: argparse.Namespace) -> Path:
     try:
         return load_config(path).settings.control_socket
     except ConfigError:
+        # A rejected edit is when status matters most: read just the two keys.
+        return _socket_from_raw(path)
+
+
+def _socket_from_raw(path: Path) -> Path:
+    try:
+        with path.open("rb") as stream:
+            document = tomllib.load(stream)
+    except (OSError, tomllib.TOMLDecodeError):
         return DEFAULT_SOCKET
+    control, files = document.get("control"), document.get("files")
+    if isinstance(control, dict) and isinstance(control.get("socket"), str):
+        return Path(control["socket"])
+    if isinstance(files, dict) and isinstance(files.get("directory"), str):
+        return Path(files["directory"]) / "control.sock"
+    return DEFAULT_SOCKET

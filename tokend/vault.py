@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 RENEW_SHARE = 2 / 3
 MIN_USEFUL_TTL = 10.0
+DENIED_RELOGIN = 60.0  # seconds between new logins caused by a 403
 
 
 def expand_credential_path(template: str, key: str) -> Path:
@@ -99,6 +101,7 @@ class VaultSource:
         self._cache: dict[str, ClientCredentials] = {}
         self._logged_in = anyio.Event()
         self._login_ttl = 0.0
+        self._denied_login_at = -DENIED_RELOGIN
 
     async def read_credentials(
         self, path: str, *, fresh: bool = False
@@ -277,8 +280,11 @@ class VaultSource:
         try:
             return await self._run(read, client, where=where)
         except VaultDeniedError:
-            pass
-        # A 403 may mean our token was revoked or expired: log in once more.
+            # A 403 may mean our login was revoked, or the policy's doing. Each
+            # new login spends a use of the secret_id: at most one a minute.
+            if time.monotonic() - self._denied_login_at < DENIED_RELOGIN:
+                raise
+            self._denied_login_at = time.monotonic()
         client = await self.login(stale=client)
         return await self._run(read, client, where=where)
 

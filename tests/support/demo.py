@@ -180,6 +180,7 @@ format = "raw"
 
 [control]
 socket = {toml_string(str(RUN_DIR / "control.sock"))}
+group = {toml_string(grp.getgrgid(os.getegid()).gr_name)}
 
 [tokens.{TOKEN_NAME}]
 credentials = {toml_string(kv_path)}
@@ -513,6 +514,14 @@ class Demo:
         kept = ", ".join(sorted(p.name for p in RUN_DIR.iterdir()))
         self.out.say(f"the files stay: {kept}")
 
+    def write_root_token(self) -> Path:
+        """The dev server's root token, for exploring: a 0600 file, never printed."""
+        path = DEMO_DIR / "root_token"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as stream:
+            stream.write(self.bao.root_token)
+        return path
+
     def keep_running(self) -> None:
         self.out.step("Keep running (TOKEND_DEMO_KEEP=1): explore, Ctrl-C stops all")
         tokend = show_path(TOKEND)
@@ -525,9 +534,14 @@ class Demo:
             f"check         {tokend} check --online -c {config}\n"
             f"follow        tail -f {show_path(TOKEND_LOG)}\n"
             f"watch         watch -n1 cat {show_path(METADATA_FILE)}\n"
-            f'call          curl -s -H "Authorization: Bearer $(cat {token_file})" '
-            f"{self.service_url}/orders\n"
-            f"OpenBao       {self.bao.address}\n"
+            f"status        {tokend} status -c {config}\n"
+            f"call          {{ printf 'Authorization: Bearer '; cat {token_file}; }}"
+            f" | curl -s -H @- {self.service_url}/orders\n"
+            f"OpenBao       {self.bao.address}  (dev server, throwaway):\n"
+            f"              export VAULT_ADDR={self.bao.address} "
+            f"VAULT_TOKEN=$(cat {show_path(self.write_root_token())})\n"
+            f"OAuth admin   curl -X PUT {self.oauth.issuer}/admin/clients/ID "
+            '-d \'{"client_secret": ..., "scope": ...}\' (test server only)\n'
             f"OAuth server  {self.oauth.issuer}/.well-known/openid-configuration"
         )
         while True:
