@@ -785,3 +785,27 @@ def test_fetch_against_a_quirk_server_in_a_thread() -> None:
     assert token.value.get_secret_value() == "threaded-tok"
     assert [request.path for request in sent] == ["/token", "/token"]
     assert sent[1].basic_auth() == (CLIENT_ID, SECRET)
+
+
+@pytest.mark.anyio
+async def test_many_concurrent_fetches_share_one_session(quirk: QuirkServer) -> None:
+    """Keepers starting together must not each build a session (and leak it)."""
+    import anyio
+
+    quirk.reply(token_response())
+    endpoint = TokenEndpoint(quirk.token_url, timeout=5)
+    request = make_request(quirk.token_url)
+    sessions = set()
+
+    async def one() -> None:
+        await endpoint.fetch(request, CREDENTIALS, datetime.now(UTC))
+        sessions.add(id(await endpoint.session()))
+
+    try:
+        async with anyio.create_task_group() as group:
+            for _ in range(20):
+                group.start_soon(one)
+    finally:
+        await endpoint.aclose()
+
+    assert len(sessions) == 1

@@ -117,17 +117,20 @@ class TokenEndpoint:
         self._ca_file = ca_file
         self._token_url: str | None = None if discover else location
         self._session: aiohttp.ClientSession | None = None
+        self._session_lock = anyio.Lock()
 
     async def session(self) -> aiohttp.ClientSession:
         """The endpoint's one session; the TLS context loads in a worker thread."""
-        if self._session is None or self._session.closed:
-            tls = await anyio.to_thread.run_sync(self._tls_context)
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=tls, limit=32),
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                headers={"User-Agent": USER_AGENT},
-            )
-        return self._session
+        # Many keepers ask at once at start: one of them builds the session.
+        async with self._session_lock:
+            if self._session is None or self._session.closed:
+                tls = await anyio.to_thread.run_sync(self._tls_context)
+                self._session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(ssl=tls, limit=32),
+                    timeout=aiohttp.ClientTimeout(total=self.timeout),
+                    headers={"User-Agent": USER_AGENT},
+                )
+            return self._session
 
     def _tls_context(self) -> ssl.SSLContext:
         cafile = str(self._ca_file) if self._ca_file else None
