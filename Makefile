@@ -68,7 +68,7 @@ $(VENV)/.bench-installed: pyproject.toml | venv
 	@touch $@
 
 # Benchmark scripts (not tests): JSON and plots in docs/performance/, the
-# summary in docs/performance.md. About 10 minutes on 2 cores; BENCH_ARGS=--quick
+# summary in docs/performance.md. About 12 minutes on 2 cores; BENCH_ARGS=--quick
 # is a smoke run of the whole pipeline in about 2.
 bench: $(VENV)/.bench-installed
 	$(PY) -m tests.benchmarks.run_all $(BENCH_ARGS)
