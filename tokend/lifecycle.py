@@ -8,7 +8,9 @@ valid, whatever later refreshes do.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -153,8 +155,15 @@ class TokenKeeper:
         self.status.generation = restored.generation
         if not restored.same_request or remaining <= max(self.config.min_lifetime, 1):
             return now
+        # Rewrite the files only if the config changed how they look: a restart
+        # with a thousand intact tokens then costs a stat each, not 3 writes.
+        unchanged = (restored.path, restored.format) == (
+            self.config.path,
+            self.config.format,
+        ) and await anyio.to_thread.run_sync(self._files_as_configured)
         try:
-            await self._publish(current)
+            if not unchanged:
+                await self._publish(current)
         except TokendError as exc:
             self.log.warning(
                 "cached token not republished token=%s error=%s", self.name, exc
@@ -171,6 +180,26 @@ class TokenKeeper:
         )
 
         return self._refresh_deadline(token)
+
+    def _files_as_configured(self) -> bool:
+        """True if the token file (and metadata) have the configured mode and owner."""
+        config = self.config
+        paths = [config.path] + ([config.metadata_path] if config.metadata else [])
+        for path in paths:
+            try:
+                info = os.lstat(path)
+            except OSError:
+                return False
+            if stat.S_IMODE(info.st_mode) != config.mode or not stat.S_ISREG(
+                info.st_mode
+            ):
+                return False
+            if config.uid is not None and info.st_uid != config.uid:
+                return False
+            if config.gid is not None and info.st_gid != config.gid:
+                return False
+        # ACL entries are not compared: with readers, rewrite to be sure.
+        return not config.acl
 
     async def _check_client(self, due: Deadline) -> Deadline:
         """Refresh at once if Vault now holds another client_id than the cache's.

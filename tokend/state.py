@@ -90,6 +90,8 @@ class Restored:
     generation: int
     client_id: str | None
     same_request: bool
+    path: Path
+    format: str
 
 
 class StateStore:
@@ -156,7 +158,12 @@ class StateStore:
         )
 
         return Restored(
-            token, record.generation, record.client_id, record.request == request
+            token,
+            record.generation,
+            record.client_id,
+            record.request == request,
+            Path(record.path),
+            record.format,
         )
 
     def _path(self, name: str) -> Path:
