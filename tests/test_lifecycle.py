@@ -316,3 +316,26 @@ async def test_no_secret_or_token_reaches_any_log_record(
     assert SECRET not in joined
     assert token_value not in joined
     assert harness.keeper.status.fingerprint is not None
+
+
+async def test_recheck_after_a_jump_refreshes_a_long_sleeping_keeper(
+    server: QuirkServer, tmp_path: Path
+) -> None:
+    """With a long wake slice (the daemon's), recheck() makes a jump count at once."""
+    server.reply(token_response(expires_in=3600))
+    harness = make_keeper(server, tmp_path)
+    harness.keeper.wake_slice = 300.0
+    async with anyio.create_task_group() as group:
+        group.start_soon(harness.keeper.run)
+        await wait_for(lambda: harness.keeper.status.generation == 1)
+        harness.clock.wall_offset = 3000.0
+        await anyio.sleep(0.5)
+        assert harness.keeper.status.generation == 1  # asleep, nobody told it
+        started = time.monotonic()
+        harness.keeper.recheck()
+        await wait_for(lambda: harness.keeper.status.generation == 2)
+        group.cancel_scope.cancel()
+    await harness.endpoint.aclose()
+
+    assert time.monotonic() - started < 2
+    assert harness.keeper.stalled_for() < 5

@@ -287,3 +287,26 @@ def test_system_clock_reads_boot_and_wall_time() -> None:
     assert clock.wall() == pytest.approx(time.time(), abs=1)
     assert clock.boottime() >= first
     assert first >= time.monotonic() - 1
+
+
+def test_clock_watch_notices_a_wall_step_or_a_resume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A wall-clock step or a suspend moves the clocks apart; the watch says so."""
+    import time
+
+    from tokend.schedule import ClockWatch
+
+    watch = ClockWatch(tolerance=2.0)
+    assert not watch.jumped()
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + 3600)
+    assert watch.jumped()
+    assert not watch.jumped()  # the new offset is the norm now
+    real_boot = time.clock_gettime
+    monkeypatch.setattr(
+        time,
+        "clock_gettime",
+        lambda clock: real_boot(clock) + (600 if clock == time.CLOCK_BOOTTIME else 0),
+    )
+    assert watch.jumped()

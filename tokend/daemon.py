@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 STOP_GRACE = 1.5
 WATCHDOG_SLACK = 30.0
+# Keepers sleep up to this long; the clock watch wakes them after a jump.
+KEEPER_WAKE_SLICE = 300.0
+CLOCK_CHECK = 10.0
 KEEPER_RESTART_DELAY = 5.0
 
 
@@ -203,6 +206,7 @@ class Daemon:
                     group.start_soon(self._announce_ready, self.loaded)
                     group.start_soon(self._reload_loop, group)
                     group.start_soon(self._watchdog)
+                    group.start_soon(self._watch_clocks)
                     group.start_soon(
                         watch_config, self.config_path, self.request_reload, self._stop
                     )
@@ -245,6 +249,7 @@ class Daemon:
             self._workspace.store,
             self.loaded.settings.refresh,
             observer=self.metrics.observe,
+            wake_slice=KEEPER_WAKE_SLICE,
         )
         running = _Running(keeper, anyio.CancelScope())
         self._running[token.name] = running
@@ -502,19 +507,23 @@ class Daemon:
             stuck_before = stuck
             await anyio.sleep(interval)
 
+    async def _watch_clocks(self) -> None:
+        """Wake every keeper to recheck its deadlines after a resume or a step."""
+        watch = schedule.ClockWatch()
+        while True:
+            await anyio.sleep(CLOCK_CHECK)
+            if watch.jumped():
+                logger.info("clock jump or resume noticed; rechecking every token")
+                for running in list(self._running.values()):
+                    running.keeper.recheck()
+
     def stuck_keepers(self) -> list[str]:
+        """Tokens busy for longer than their longest honest attempt allows."""
+        vault_timeout = self.loaded.settings.vault.timeout if self.loaded else 0.0
         stuck = []
         for name, running in self._running.items():
-            config = running.keeper.config
-            limit = (
-                WATCHDOG_SLACK
-                + schedule.WAKE_SLICE
-                + 2
-                * (
-                    config.timeout
-                    + (self.loaded.settings.vault.timeout if self.loaded else 0.0)
-                )
-            )
+            # An attempt: Vault read and token request, twice on invalid_client.
+            limit = WATCHDOG_SLACK + 2 * (running.keeper.config.timeout + vault_timeout)
             if running.keeper.stalled_for() > limit:
                 stuck.append(name)
         return sorted(stuck)

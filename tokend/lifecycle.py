@@ -94,6 +94,9 @@ class TokenKeeper:
     rng: random.Random = field(default_factory=random.Random)
     # Called after each attempt with (token, outcome, seconds), for metrics.
     observer: Callable[[str, str, float], None] | None = None
+    # Longest sleep before looking at the clocks again; None: schedule.WAKE_SLICE.
+    # The daemon sets it long and calls recheck() when its ClockWatch sees a jump.
+    wake_slice: float | None = None
 
     def __post_init__(self) -> None:
         self.status = TokenStatus()
@@ -102,6 +105,8 @@ class TokenKeeper:
         self.settled = anyio.Event()  # set after the first attempt, good or bad
         self._current: _Current | None = None
         self._wake = anyio.Event()
+        self._forced = False
+        self._sleeping = False
         self._attempt = 0
         self._sent_boot = 0.0
         self.heartbeat = self.clock.boottime()
@@ -115,6 +120,11 @@ class TokenKeeper:
 
     def refresh_now(self) -> None:
         """Ask the keeper to refresh at once (e.g. ``tokend refresh NAME``)."""
+        self._forced = True
+        self._wake.set()
+
+    def recheck(self) -> None:
+        """Look at the clocks again now (after a resume or a clock step)."""
         self._wake.set()
 
     async def run(self) -> None:
@@ -431,25 +441,35 @@ class TokenKeeper:
         return None if self.next_due is None else self.next_due.remaining(self.clock)
 
     def stalled_for(self) -> float:
-        """Seconds since this keeper last showed progress (for the watchdog).
+        """Seconds this keeper has been busy without a rest (for the watchdog).
 
-        A keeper shows progress each time it wakes, at least every
-        :data:`schedule.WAKE_SLICE` seconds, and when a request ends.
+        A sleeping keeper is waiting, not stuck; a busy one is bounded by its
+        Vault and token request timeouts.
         """
-        return self.clock.boottime() - self.heartbeat
+        return 0.0 if self._sleeping else self.clock.boottime() - self.heartbeat
 
     async def _sleep_until(self, due: Deadline) -> None:
         while True:
-            self.heartbeat = self.clock.boottime()
             await self._expire_if_due()
-            pause = due.next_sleep(self.clock)
+            pause = due.next_sleep(self.clock, self.wake_slice)
             if self._current is not None and self._is_valid():
-                pause = min(pause, self._current.expiry.next_sleep(self.clock))
-            if pause <= 0 or self._wake.is_set():
+                pause = min(
+                    pause, self._current.expiry.next_sleep(self.clock, self.wake_slice)
+                )
+            if pause <= 0 or self._forced:
+                self._forced = False
                 self._wake = anyio.Event()
+                self.heartbeat = self.clock.boottime()
                 return
-            with anyio.move_on_after(pause):
-                await self._wake.wait()
+            self._sleeping = True
+            try:
+                with anyio.move_on_after(pause):
+                    await self._wake.wait()
+            finally:
+                self._sleeping = False
+                self.heartbeat = self.clock.boottime()
+            if self._wake.is_set() and not self._forced:
+                self._wake = anyio.Event()  # a recheck: loop and look again
 
     async def _expire_if_due(self) -> None:
         current = self._current

@@ -96,6 +96,35 @@ class Deadline:
     def remaining(self, clock: Clock) -> float:
         return min(self.boot - clock.boottime(), self.wall - clock.wall())
 
-    def next_sleep(self, clock: Clock) -> float:
+    def next_sleep(self, clock: Clock, wake_slice: float | None = None) -> float:
         """Seconds to sleep before looking again; 0 once the deadline passed."""
-        return max(0.0, min(self.remaining(clock), WAKE_SLICE))
+        limit = WAKE_SLICE if wake_slice is None else wake_slice
+        return max(0.0, min(self.remaining(clock), limit))
+
+
+class ClockWatch:
+    """Notices a suspend/resume or a wall-clock step by comparing clocks.
+
+    Both show as a change in how far CLOCK_BOOTTIME and the wall clock are
+    ahead of CLOCK_MONOTONIC, which neither counts suspend nor jumps.
+    """
+
+    def __init__(self, tolerance: float = 2.0) -> None:
+        self.tolerance = tolerance
+        self._offsets = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float]:
+        monotonic = time.monotonic()
+        boot = time.clock_gettime(time.CLOCK_BOOTTIME)
+        return boot - monotonic, time.time() - monotonic
+
+    def jumped(self) -> bool:
+        """True if the clocks moved apart since the last call."""
+        offsets = self._read()
+        moved = any(
+            abs(new - old) > self.tolerance
+            for new, old in zip(offsets, self._offsets, strict=True)
+        )
+        self._offsets = offsets
+        return moved

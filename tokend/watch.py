@@ -48,6 +48,9 @@ async def watch_config(
             debounce=DEBOUNCE_MS,
             ignore_permission_denied=True,
             stop_event=stop,
+            # The watcher's thread looks at the stop event this often (ms);
+            # the default, 50, wakes an idle daemon 20 times a second.
+            step=500,
         ):
             names = sorted({Path(path).name for _, path in changes})
             logger.info("configuration changed files=%s; reloading", ",".join(names))
