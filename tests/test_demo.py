@@ -32,11 +32,6 @@ SCOPE = "orders:read"
 WHOLE_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.mark.e2e
 def test_demo_runs_to_the_end_without_showing_a_token(tmp_path: Path) -> None:
     # Its own directory, so a demo a developer keeps running in .demo/ survives.

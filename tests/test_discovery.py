@@ -21,11 +21,6 @@ CREDENTIALS = ClientCredentials("orders", SecretStr("discovery-secret-9d2e"))
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def quirk(anyio_backend: str) -> AsyncIterator[QuirkServer]:
     async with QuirkServer() as server:
         yield server

@@ -300,11 +300,6 @@ def make_keeper(server: QuirkServer, directory: Path, state: Path) -> Harness:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def server(anyio_backend: str) -> AsyncIterator[QuirkServer]:
     async with QuirkServer() as quirk:
         yield quirk

@@ -40,11 +40,6 @@ pytestmark = pytest.mark.anyio
 SECRET = "s3cr3t-" + secrets.token_hex(8)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class CountingVault(VaultSource):
     """Serves fixed credentials and counts how often they were read."""
 

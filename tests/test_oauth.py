@@ -43,11 +43,6 @@ CREDENTIALS = ClientCredentials(CLIENT_ID, SecretStr(SECRET))
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 async def quirk(anyio_backend: str) -> AsyncIterator[QuirkServer]:
     async with QuirkServer() as server:
         yield server

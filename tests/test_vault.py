@@ -17,11 +17,6 @@ from tokend.vault import VaultSource, expand_credential_path
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def approle_settings(bao: BaoServer, files: object, **extra: object) -> VaultSettings:
     return VaultSettings(
         address=bao.address,

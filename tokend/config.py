@@ -70,6 +70,10 @@ def parse_mode(value: Any) -> int:
 
 
 Mode = Annotated[int, BeforeValidator(parse_mode)]
+# A list of scopes, or one space-separated string as in the OAuth `scope` field.
+Scopes = Annotated[
+    list[str], BeforeValidator(lambda v: v.split() if isinstance(v, str) else v)
+]
 
 
 def check_readable_file(path: Path) -> Path:
@@ -133,16 +137,11 @@ class OAuthDefaults(Section):
     issuer: str | None = None
     client_auth: ClientAuth = "client_secret_basic"
     audience_param: AudienceParam = "resource"
-    scopes: list[str] = Field(default_factory=list)
+    scopes: Scopes = Field(default_factory=list)
     extra_params: dict[str, str] = Field(default_factory=dict)
     timeout: Seconds = 10.0
     ca_file: ReadableFile | None = None
     allow_insecure_http: bool = False
-
-    @field_validator("scopes", mode="before")
-    @classmethod
-    def _split_scopes(cls, value: Any) -> Any:
-        return value.split() if isinstance(value, str) else value
 
     default_lifetime: Annotated[int, Field(ge=1, le=31_536_000)] = 300
     min_lifetime: Annotated[int, Field(ge=0, le=86400)] = 10
@@ -214,7 +213,7 @@ class TokenSettings(Section):
 
     credentials: str
     audience: str | None = None
-    scopes: list[str] | None = None
+    scopes: Scopes | None = None
     path: Path | None = None
     signing_key: str | None = None
     # overrides of [oauth]
@@ -245,11 +244,6 @@ class TokenSettings(Section):
         if not value.strip("/") or ".." in value.split("/"):
             raise ValueError("expected a KV v2 path such as 'tokend/orders-client'")
         return value.strip("/")
-
-    @field_validator("scopes", mode="before")
-    @classmethod
-    def _split_scopes(cls, value: Any) -> Any:
-        return value.split() if isinstance(value, str) else value
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
@@ -335,27 +336,12 @@ class TokenKeeper:
 
         def write_side_files() -> None:
             if config.metadata:
-                write_atomic(
-                    config.metadata_path,
-                    render_metadata(metadata),
-                    config.mode,
-                    config.uid,
-                    config.gid,
-                    config.acl,
-                )
+                self._write_file(config.metadata_path, render_metadata(metadata))
             self.store.save(record)
 
         # Shielded: a shutdown waits for a started write to finish.
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(
-                write_atomic,
-                config.path,
-                data,
-                config.mode,
-                config.uid,
-                config.gid,
-                config.acl,
-            )
+            await anyio.to_thread.run_sync(self._write_file, config.path, data)
             try:
                 await anyio.to_thread.run_sync(write_side_files)
             except TokendError as exc:
@@ -410,14 +396,13 @@ class TokenKeeper:
         metadata = describe_metadata(current.token, current.generation, message)
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(
-                write_atomic,
-                config.metadata_path,
-                render_metadata(metadata),
-                config.mode,
-                config.uid,
-                config.gid,
-                config.acl,
+                self._write_file, config.metadata_path, render_metadata(metadata)
             )
+
+    def _write_file(self, path: Path, data: bytes) -> None:
+        """Write one of this token's files with its mode, owner and readers."""
+        config = self.config
+        write_atomic(path, data, config.mode, config.uid, config.gid, config.acl)
 
     def _is_valid(self) -> bool:
         current = self._current
