@@ -499,18 +499,22 @@ def test_load_config_refuses_non_http_token_url(tmp_path: Path, url: str) -> Non
     assert "tokens.orders.token_url" in only_problem(problems_of(tmp_path, text))
 
 
-@pytest.mark.parametrize("method", ["private_key_jwt", "tls_client_auth"])
-def test_load_config_unsupported_client_auth_says_so(
-    tmp_path: Path, method: str
+@pytest.mark.parametrize(
+    ("method", "key", "expected"),
+    [
+        ("private_key_jwt", "signing_key", "transit:KEY"),
+        ("tls_client_auth", "client_certificate", "pki:ROLE"),
+    ],
+)
+def test_load_config_key_based_client_auth_names_the_missing_key(
+    tmp_path: Path, method: str, key: str, expected: str
 ) -> None:
     problem = only_problem(
         problems_of(tmp_path, MINIMAL + f'client_auth = "{method}"\n')
     )
 
-    assert "tokens.orders.client_auth" in problem
-    assert method in problem
-    assert "not supported" in problem
-    assert "client_secret_basic" in problem
+    assert f"tokens.orders.{key}" in problem
+    assert expected in problem
 
 
 def test_load_config_unknown_client_auth_is_refused(tmp_path: Path) -> None:
@@ -821,7 +825,7 @@ def test_load_config_reports_every_token_problem(tmp_path: Path) -> None:
 
     assert len(problems) == 2
     assert any("tokens.a.audience" in problem for problem in problems)
-    assert any("tokens.b.client_auth" in problem for problem in problems)
+    assert any("tokens.b.signing_key" in problem for problem in problems)
 
 
 def test_load_config_reports_token_problems_once_types_are_right(
@@ -1050,7 +1054,7 @@ def test_load_config_reports_every_token_problem_at_once(tmp_path: Path) -> None
     assert keys == [
         "files.mode",
         "oauth.token_url",
-        "tokens.billing.client_auth",
+        "tokens.billing.signing_key",
         "tokens.orders.audience",
     ]
 

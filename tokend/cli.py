@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "once": commands.fetch_once,
         "status": commands.show_status,
         "refresh": commands.refresh_token,
-        "jwks": commands.not_available,
+        "jwks": commands.print_jwks,
     }
     try:
         return handlers[args.command](config_path(args.config), args)

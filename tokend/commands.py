@@ -18,7 +18,7 @@ import aiohttp
 import anyio
 import anyio.to_thread
 
-from tokend import __version__
+from tokend.client_auth import make_authenticator, make_signer
 from tokend.config import FilesDefaults
 from tokend.config_files import LoadedConfig, load_config
 from tokend.control import REFRESH_WAIT
@@ -101,11 +101,13 @@ async def _check_online(loaded: LoadedConfig) -> int:
     try:
         for token in loaded.tokens.values():
             try:
-                credentials = await vault.read_credentials(token.credentials)
-                sent_at = datetime.now(UTC)
-                result = await endpoints.get(token).fetch(
-                    build_request(token), credentials, sent_at
+                endpoint = endpoints.get(token)
+                authenticator = make_authenticator(token, vault)
+                url, auth = await authenticator.prepare(
+                    endpoint, datetime.now(UTC).timestamp(), retry=False
                 )
+                sent_at = datetime.now(UTC)
+                result = await endpoint.fetch(build_request(token), auth, sent_at, url)
             except TokendError as exc:
                 failed += 1
                 sys.stdout.write(f"FAILED {token.name}: {exc}\n")
@@ -185,12 +187,43 @@ def _group_name(gid: int | None) -> str:
         return str(gid)
 
 
-def not_available(path: Path, args: argparse.Namespace) -> int:
-    sys.stderr.write(
-        f"tokend {args.command}: not available in tokend {__version__}: it needs "
-        "private_key_jwt signing keys, which this version does not support yet\n"
-    )
-    return EXIT_FAILED
+def print_jwks(path: Path, args: argparse.Namespace) -> int:
+    """``tokend jwks NAME``: the public keys to register the client with.
+
+    Exit 0 with the JWKS on stdout; 2 for an invalid config or a token
+    without private_key_jwt; 1 when Vault cannot give the key.
+    """
+    loaded = _load_or_report(path)
+    if loaded is None:
+        return EXIT_INVALID
+    token = loaded.tokens.get(args.name)
+    if token is None:
+        known = ", ".join(sorted(loaded.tokens)) or "none"
+        sys.stderr.write(f"{path}: no token {args.name!r} (tokens: {known})\n")
+        return EXIT_INVALID
+    if token.client_auth != "private_key_jwt":
+        sys.stderr.write(
+            f"{path}: token {args.name!r} uses client_auth = "
+            f'"{token.client_auth}"; a JWKS exists only for "private_key_jwt" '
+            "with a signing_key\n"
+        )
+        return EXIT_INVALID
+
+    async def read() -> list[dict[str, str]]:
+        vault = VaultSource(loaded.settings.vault)
+        try:
+            choices = await make_signer(token, vault).keys()
+        finally:
+            await vault.aclose()
+        return [choice.key.jwk() for choice in choices]
+
+    try:
+        keys = anyio.run(read)
+    except TokendError as exc:
+        sys.stderr.write(f"tokend jwks {args.name}: {exc}\n")
+        return EXIT_FAILED
+    sys.stdout.write(json.dumps({"keys": keys}, indent=2) + "\n")
+    return EXIT_OK
 
 
 def show_status(path: Path, args: argparse.Namespace) -> int:

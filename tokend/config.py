@@ -24,6 +24,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -38,7 +39,24 @@ from tokend.http import is_loopback_host
 ClientAuth = Literal[
     "client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth"
 ]
-SUPPORTED_CLIENT_AUTH = ("client_secret_basic", "client_secret_post")
+SECRET_CLIENT_AUTH = ("client_secret_basic", "client_secret_post")
+VaultAuth = Literal["approle", "token", "cert", "jwt"]
+# JWS algorithms for private_key_jwt (RFC 7518 §3.1, RFC 8037 for EdDSA).
+SigningAlg = Literal[
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+]
+AssertionAudience = Literal["token_url", "issuer"]
+SIGNING_KEY = re.compile(r"^(transit):([A-Za-z0-9_.-]+)$|^(kv):([^\s]+)$")
+CLIENT_CERTIFICATE = re.compile(r"^(pki):([A-Za-z0-9_.-]+)$")
 AudienceParam = Literal["resource", "audience", "none"]
 FileFormat = Literal["raw", "header", "json"]
 OnExpiry = Literal["remove", "keep"]
@@ -96,13 +114,23 @@ class Section(BaseModel):
 
 class VaultSettings(Section):
     address: str
-    auth: Literal["approle", "token"] = "approle"
+    auth: VaultAuth = "approle"
     approle_mount: str = "approle"
     role_id: str | None = None
     role_id_file: str | None = None
     secret_id_file: str | None = None
+    secret_id_wrapped: bool = False
     token_file: str | None = None
+    cert_mount: str = "cert"
+    cert_role: str | None = None
+    client_cert_file: str | None = None
+    client_key_file: str | None = None
+    jwt_mount: str = "jwt"
+    jwt_role: str | None = None
+    jwt_file: str | None = None
     kv_mount: str = "secret"
+    transit_mount: str = "transit"
+    pki_mount: str = "pki"
     client_id_key: str = "client_id"
     client_secret_key: str = "client_secret"
     ca_file: ReadableFile | None = None
@@ -127,6 +155,22 @@ class VaultSettings(Section):
                 )
             if self.secret_id_file is None:
                 raise ValueError('auth = "approle" needs secret_id_file')
+        elif self.secret_id_wrapped:
+            raise ValueError('secret_id_wrapped is used only with auth = "approle"')
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            raise ValueError(
+                "set both client_cert_file and client_key_file, or neither"
+            )
+        if self.auth == "cert" and self.client_cert_file is None:
+            raise ValueError(
+                'auth = "cert" needs client_cert_file and client_key_file '
+                "(the TLS client certificate Vault's cert method checks)"
+            )
+        if self.auth == "jwt" and (self.jwt_role is None or self.jwt_file is None):
+            raise ValueError(
+                'auth = "jwt" needs jwt_role and jwt_file (the file holding the '
+                "platform's identity token)"
+            )
         return self
 
 
@@ -145,6 +189,10 @@ class OAuthDefaults(Section):
 
     default_lifetime: Annotated[int, Field(ge=1, le=31_536_000)] = 300
     min_lifetime: Annotated[int, Field(ge=0, le=86400)] = 10
+    # private_key_jwt (RFC 7523): the assertion's algorithm, audience and life.
+    signing_alg: SigningAlg | None = None
+    assertion_audience: AssertionAudience = "token_url"
+    assertion_lifetime: Annotated[int, Field(ge=5, le=600)] = 60
 
 
 class FilesDefaults(Section):
@@ -211,11 +259,16 @@ class MetricsSettings(Section):
 class TokenSettings(Section):
     """One ``[tokens.NAME]`` table. ``None`` means: inherit the default."""
 
-    credentials: str
+    # client_id comes first: the credentials check looks at it.
+    client_id: str | None = None
+    credentials: str | None = Field(default=None, validate_default=True)
     audience: str | None = None
     scopes: Scopes | None = None
     path: Path | None = None
     signing_key: str | None = None
+    client_certificate: str | None = None
+    certificate_common_name: str | None = None
+    certificate_ttl: Annotated[int, Field(ge=60, le=31_536_000)] | None = None
     # overrides of [oauth]
     token_url: str | None = None
     issuer: str | None = None
@@ -227,6 +280,9 @@ class TokenSettings(Section):
     allow_insecure_http: bool | None = None
     default_lifetime: Annotated[int, Field(ge=1, le=31_536_000)] | None = None
     min_lifetime: Annotated[int, Field(ge=0, le=86400)] | None = None
+    signing_alg: SigningAlg | None = None
+    assertion_audience: AssertionAudience | None = None
+    assertion_lifetime: Annotated[int, Field(ge=5, le=600)] | None = None
     # overrides of [files]
     directory: Path | None = None
     mode: Mode | None = None
@@ -240,7 +296,15 @@ class TokenSettings(Section):
 
     @field_validator("credentials")
     @classmethod
-    def _check_credentials(cls, value: str) -> str:
+    def _check_credentials(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            if info.data.get("client_id") is None:
+                raise ValueError(
+                    "missing; expected the KV v2 path holding client_id and "
+                    "client_secret (or client_id itself, with private_key_jwt "
+                    "or tls_client_auth)"
+                )
+            return None
         if not value.strip("/") or ".." in value.split("/"):
             raise ValueError("expected a KV v2 path such as 'tokend/orders-client'")
         return value.strip("/")
@@ -251,7 +315,7 @@ class TokenConfig:
     """The effective settings of one token, defaults resolved."""
 
     name: str
-    credentials: str
+    credentials: str | None  # KV v2 path; None when client_id is given inline
     audience: str | None
     scopes: tuple[str, ...]
     token_url: str | None
@@ -272,6 +336,19 @@ class TokenConfig:
     metadata: bool
     on_expiry: str
     acl: tuple[str, ...] = ()  # setfacl entries such as "u:1001:r"
+    client_id: str | None = None  # inline, for private_key_jwt or tls_client_auth
+    signing_key: str | None = None  # "transit:KEY" or "kv:PATH"
+    signing_alg: str | None = None
+    assertion_audience: str = "token_url"
+    assertion_lifetime: int = 60
+    client_certificate: str | None = None  # "pki:ROLE"
+    certificate_common_name: str | None = None
+    certificate_ttl: int | None = None
+
+    @property
+    def credentials_source(self) -> str:
+        """Where the client_id comes from, for the request's fingerprint."""
+        return self.credentials or f"client_id:{self.client_id}"
 
     @property
     def metadata_path(self) -> Path:
@@ -415,12 +492,28 @@ def _resolve_token(name: str, spec: TokenSettings, settings: Settings) -> TokenC
             )
     token_url, issuer, allow_http = _resolve_endpoint(name, spec, oauth, checks)
     client_auth = pick("client_auth", oauth.client_auth)
+    assertion_audience = pick("assertion_audience", oauth.assertion_audience)
+    _check_client_auth(name, spec, client_auth, checks)
     with checks.check():
-        if client_auth not in SUPPORTED_CLIENT_AUTH:
+        if (
+            client_auth == "private_key_jwt"
+            and assertion_audience == "issuer"
+            and issuer is None
+        ):
+            raise _KeyProblem(
+                where("assertion_audience", "oauth"),
+                'assertion_audience = "issuer" needs issuer (not token_url), '
+                "so that tokend knows the issuer's exact identifier",
+            )
+    with checks.check():
+        if client_auth == "tls_client_auth" and any(
+            url is not None and not url.startswith("https:")
+            for url in (token_url, issuer)
+        ):
             raise _KeyProblem(
                 where("client_auth", "oauth"),
-                f"{client_auth!r} is not supported by this version of tokend; "
-                "use 'client_secret_basic' or 'client_secret_post'",
+                "tls_client_auth needs an https token_url or issuer: the "
+                "client certificate is presented in the TLS handshake",
             )
     audience_param = pick("audience_param", oauth.audience_param)
     with checks.check():
@@ -480,7 +573,82 @@ def _resolve_token(name: str, spec: TokenSettings, settings: Settings) -> TokenC
         metadata=pick("metadata", files.metadata),
         on_expiry=pick("on_expiry", files.on_expiry),
         acl=acl,
+        client_id=spec.client_id,
+        signing_key=spec.signing_key,
+        signing_alg=pick("signing_alg", oauth.signing_alg),
+        assertion_audience=assertion_audience,
+        assertion_lifetime=pick("assertion_lifetime", oauth.assertion_lifetime),
+        client_certificate=spec.client_certificate,
+        certificate_common_name=spec.certificate_common_name,
+        certificate_ttl=spec.certificate_ttl,
     )
+
+
+def _check_client_auth(
+    name: str, spec: TokenSettings, client_auth: str, checks: _Checks
+) -> None:
+    """Each client_auth method needs its own keys, and no other method's."""
+
+    def problem(key: str, message: str) -> _KeyProblem:
+        return _KeyProblem(("tokens", name, key), message)
+
+    secret_based = client_auth in SECRET_CLIENT_AUTH
+    with checks.check():
+        if spec.client_id is not None and secret_based:
+            raise problem(
+                "client_id",
+                f"{client_auth} reads client_id and client_secret from Vault: "
+                "remove client_id and set credentials to their KV v2 path",
+            )
+        if spec.client_id is not None and spec.credentials is not None:
+            raise problem(
+                "client_id",
+                "set either credentials (client_id read from Vault) or client_id, "
+                "not both",
+            )
+    with checks.check():
+        if client_auth == "private_key_jwt":
+            if spec.signing_key is None:
+                raise problem(
+                    "signing_key",
+                    'missing; private_key_jwt needs signing_key = "transit:KEY" '
+                    '(Vault Transit) or "kv:PATH" (a PEM key in KV v2)',
+                )
+            if not SIGNING_KEY.match(spec.signing_key) or ".." in spec.signing_key:
+                raise problem(
+                    "signing_key",
+                    f'expected "transit:KEY" or "kv:PATH", got {spec.signing_key!r}',
+                )
+        elif spec.signing_key is not None:
+            raise problem(
+                "signing_key",
+                f'used only with client_auth = "private_key_jwt", not {client_auth!r}',
+            )
+    with checks.check():
+        if client_auth == "tls_client_auth":
+            if spec.client_certificate is None:
+                raise problem(
+                    "client_certificate",
+                    'missing; tls_client_auth needs client_certificate = "pki:ROLE" '
+                    "(issued by Vault's PKI engine)",
+                )
+            if not CLIENT_CERTIFICATE.match(spec.client_certificate):
+                raise problem(
+                    "client_certificate",
+                    f'expected "pki:ROLE", got {spec.client_certificate!r}',
+                )
+        else:
+            for key in (
+                "client_certificate",
+                "certificate_common_name",
+                "certificate_ttl",
+            ):
+                if getattr(spec, key) is not None:
+                    raise problem(
+                        key,
+                        f'used only with client_auth = "tls_client_auth", '
+                        f"not {client_auth!r}",
+                    )
 
 
 def _reader_entries(readers: list[str], loc: Location) -> tuple[str, ...]:

@@ -38,7 +38,18 @@ def metadata_urls(issuer: str) -> list[str]:
 async def discover_token_endpoint(
     session: aiohttp.ClientSession, issuer: str, allow_http: bool
 ) -> str:
-    """Return the ``token_endpoint`` the issuer's metadata names.
+    """Return the ``token_endpoint`` the issuer's metadata names."""
+    endpoint, _ = await discover_token_endpoints(session, issuer, allow_http)
+    return endpoint
+
+
+async def discover_token_endpoints(
+    session: aiohttp.ClientSession, issuer: str, allow_http: bool
+) -> tuple[str, str | None]:
+    """Return the ``token_endpoint`` and its mutual-TLS alias, if any.
+
+    RFC 8705 §5: ``mtls_endpoint_aliases.token_endpoint`` is where a client
+    authenticating with a certificate must send its token request.
 
     The metadata's ``issuer`` must equal the configured one exactly (RFC 8414
     §3.3), so that a look-alike server cannot hand out its own endpoint.
@@ -70,7 +81,17 @@ async def discover_token_endpoint(
             failures.append(f"{url}: not JSON")
             continue
         if isinstance(document, dict):
-            return _token_endpoint(document, issuer, url, allow_http)
+            endpoint = _token_endpoint(document, issuer, url, allow_http)
+            aliases = document.get("mtls_endpoint_aliases")
+            alias = None
+            if isinstance(aliases, dict) and "token_endpoint" in aliases:
+                alias = _checked_url(
+                    aliases["token_endpoint"],
+                    url,
+                    "mtls_endpoint_aliases.token_endpoint",
+                    allow_http,
+                )
+            return endpoint, alias
         failures.append(f"{url}: not a JSON object")
 
     raise EndpointUnavailableError(
@@ -86,16 +107,21 @@ def _token_endpoint(
             f"discovery document {url} names issuer {document.get('issuer')!r}, "
             f"not the configured {issuer!r}; the issuer must match exactly"
         )
-    endpoint = document.get("token_endpoint")
+    return _checked_url(
+        document.get("token_endpoint"), url, "token_endpoint", allow_http
+    )
+
+
+def _checked_url(endpoint: object, url: str, key: str, allow_http: bool) -> str:
     if not isinstance(endpoint, str) or not endpoint:
-        raise TokenEndpointError(f"discovery document {url} has no token_endpoint")
+        raise TokenEndpointError(f"discovery document {url} has no {key}")
     parts = urlsplit(endpoint)
     loopback = is_loopback_host(parts.hostname)
     if parts.scheme != "https" and not (
         parts.scheme == "http" and (loopback or allow_http)
     ):
         raise TokenEndpointError(
-            f"discovery document {url} names token_endpoint {endpoint!r}; "
+            f"discovery document {url} names {key} {endpoint!r}; "
             "only https is allowed (plain http only on loopback)"
         )
 

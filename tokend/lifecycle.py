@@ -20,6 +20,7 @@ from typing import Any, Literal
 import anyio
 import anyio.to_thread
 
+from tokend.client_auth import make_authenticator
 from tokend.config import RefreshSettings, TokenConfig
 from tokend.errors import InvalidClientError, TokendError
 from tokend.files import (
@@ -33,7 +34,7 @@ from tokend.logs import TokenLog, event
 from tokend.oauth import TokenEndpoint, TokenRequest
 from tokend.schedule import Clock, Deadline, SystemClock, refresh_after, retry_after
 from tokend.state import StateRecord, StateStore
-from tokend.token import AccessToken, ClientCredentials, format_time
+from tokend.token import AccessToken, format_time
 from tokend.vault import VaultSource
 
 logger = logging.getLogger(__name__)
@@ -56,9 +57,13 @@ class TokenStatus:
     requests: int = 0
     failures: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
+    client_auth: str = ""
+    # key_id (private_key_jwt) or certificate_expires_at (tls_client_auth)
+    auth: dict[str, str | None] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "outcomes": dict(self.outcomes)}
+        shown = {k: v for k, v in self.__dict__.items() if k != "auth"}
+        return {**shown, **self.auth, "outcomes": dict(self.outcomes)}
 
 
 @dataclass
@@ -100,9 +105,10 @@ class TokenKeeper:
     wake_slice: float | None = None
 
     def __post_init__(self) -> None:
-        self.status = TokenStatus()
+        self.status = TokenStatus(client_auth=self.config.client_auth)
         self.request = build_request(self.config)
-        self.fingerprint = self.request.fingerprint(self.config.credentials)
+        self.fingerprint = self.request.fingerprint(self.config.credentials_source)
+        self.authenticator = make_authenticator(self.config, self.vault)
         self.settled = anyio.Event()  # set after the first attempt, good or bad
         self._current: _Current | None = None
         self._wake = anyio.Event()
@@ -219,14 +225,14 @@ class TokenKeeper:
         does not stop refreshes.
         """
         try:
-            credentials = await self.vault.read_credentials(self.config.credentials)
+            client_id = await self.authenticator.client_id()
         except TokendError as exc:
             self.log.warning(
                 "credentials not checked token=%s error=%s", self.name, exc
             )
             return due
         current = self._current
-        if current is not None and current.client_id != credentials.client_id:
+        if current is not None and current.client_id != client_id:
             self.log.info("client_id changed, refreshing token=%s", self.name)
             return Deadline.after(self.clock, 0)
         return due
@@ -271,26 +277,23 @@ class TokenKeeper:
         return self._refresh_deadline(current.token)
 
     async def _refresh(self) -> _Current:
-        credentials = await self.vault.read_credentials(self.config.credentials)
         try:
-            token = await self._request(credentials)
+            token, client_id = await self._request(retry=False)
         except InvalidClientError as exc:
-            # The secret may have been rotated in Vault: read it again, once.
+            # The secret, key or certificate may have been rotated in Vault:
+            # read it again, once.
             self.log.info(
                 "invalid_client, re-reading credentials token=%s error=%s",
                 self.name,
                 exc,
             )
-            credentials = await self.vault.read_credentials(
-                self.config.credentials, fresh=True
-            )
-            token = await self._request(credentials)
+            token, client_id = await self._request(retry=True)
         generation = self.status.generation + 1
         # Both clocks count the lifetime from the moment the request was sent.
         expiry = Deadline(
             self._sent_boot + token.lifetime, token.expires_at.timestamp()
         )
-        current = _Current(token, expiry, credentials.client_id, generation)
+        current = _Current(token, expiry, client_id, generation)
         await self._publish(current)
         self.log.info(
             "token refreshed token=%s file=%s expires_at=%s lifetime=%.0fs "
@@ -305,11 +308,18 @@ class TokenKeeper:
         )
         return current
 
-    async def _request(self, credentials: ClientCredentials) -> AccessToken:
+    async def _request(self, retry: bool) -> tuple[AccessToken, str]:
+        url, auth = await self.authenticator.prepare(
+            self.endpoint, self.clock.wall(), retry
+        )
         self._sent_boot = self.clock.boottime()
         sent_at = datetime.fromtimestamp(self.clock.wall(), UTC)
         self.status.requests += 1
-        return await self.endpoint.fetch(self.request, credentials, sent_at)
+        try:
+            token = await self.endpoint.fetch(self.request, auth, sent_at, url)
+        finally:
+            self.status.auth = self.authenticator.status()
+        return token, auth.client_id
 
     async def _publish(self, current: _Current) -> None:
         """Write the token file, then its metadata and the state record.

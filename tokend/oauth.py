@@ -11,7 +11,8 @@ import hashlib
 import json
 import math
 import ssl
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ import anyio
 import anyio.to_thread
 from pydantic import SecretStr
 
-from tokend.discovery import discover_token_endpoint
+from tokend.discovery import discover_token_endpoints
 from tokend.errors import (
     EndpointUnavailableError,
     ErrorKind,
@@ -74,17 +75,47 @@ class TokenRequest:
         )
         return hashlib.sha256(described.encode()).hexdigest()[:32]
 
-    def form(self, credentials: ClientCredentials) -> dict[str, str]:
+    def form(self, auth: RequestAuth) -> dict[str, str]:
         form = dict(self.extra_params)
         form["grant_type"] = "client_credentials"
         if self.scopes:
             form["scope"] = " ".join(self.scopes)
         if self.audience is not None and self.audience_param != "none":
             form[self.audience_param] = self.audience
-        if self.client_auth == "client_secret_post":
-            form["client_id"] = credentials.client_id
-            form["client_secret"] = credentials.client_secret.get_secret_value()
+        form.update(auth.form)
         return form
+
+
+@dataclass(frozen=True)
+class RequestAuth:
+    """How one token request authenticates the client.
+
+    ``secrets`` are the forms of a credential the server might echo back;
+    they are redacted from every message. ``ssl`` carries a client
+    certificate for mutual TLS (RFC 8705).
+    """
+
+    client_id: str
+    headers: dict[str, str] = field(default_factory=dict)
+    form: dict[str, str] = field(default_factory=dict)
+    ssl: ssl.SSLContext | None = field(default=None, repr=False)
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    def __repr__(self) -> str:
+        return f"RequestAuth(client_id={self.client_id!r}, form={sorted(self.form)!r})"
+
+
+def secret_auth(method: str, credentials: ClientCredentials) -> RequestAuth:
+    """client_secret_basic or client_secret_post (RFC 6749 §2.3.1)."""
+    secrets = tuple(_secret_forms(credentials))
+    if method == "client_secret_post":
+        form = {
+            "client_id": credentials.client_id,
+            "client_secret": credentials.client_secret.get_secret_value(),
+        }
+        return RequestAuth(credentials.client_id, form=form, secrets=secrets)
+    headers = {"Authorization": basic_authorization(credentials)}
+    return RequestAuth(credentials.client_id, headers=headers, secrets=secrets)
 
 
 def basic_authorization(credentials: ClientCredentials) -> str:
@@ -116,8 +147,11 @@ class TokenEndpoint:
         self.allow_http = allow_http
         self._ca_file = ca_file
         self._token_url: str | None = None if discover else location
+        self._mtls_url: str | None = None
         self._session: aiohttp.ClientSession | None = None
         self._session_lock = anyio.Lock()
+        # The server's clock minus ours, from the Date of its last answer.
+        self.skew: float | None = None
 
     async def session(self) -> aiohttp.ClientSession:
         """The endpoint's one session; the TLS context loads in a worker thread."""
@@ -146,37 +180,53 @@ class TokenEndpoint:
         if self._session is not None:
             await self._session.close()
 
-    async def token_url(self) -> str:
+    @property
+    def issuer(self) -> str | None:
+        return self.location if self.discover else None
+
+    async def token_url(self, mtls: bool = False) -> str:
+        """The token endpoint; with ``mtls``, its mutual-TLS alias if it has one."""
         if self._token_url is None:
-            self._token_url = await discover_token_endpoint(
+            self._token_url, self._mtls_url = await discover_token_endpoints(
                 await self.session(), self.location, self.allow_http
             )
-        return self._token_url
+        return (self._mtls_url or self._token_url) if mtls else self._token_url
 
     async def fetch(
-        self, request: TokenRequest, credentials: ClientCredentials, sent_at: datetime
+        self,
+        request: TokenRequest,
+        auth: RequestAuth | ClientCredentials,
+        sent_at: datetime,
+        url: str | None = None,
     ) -> AccessToken:
         """Request one token; ``sent_at`` anchors its expiry.
+
+        ``auth`` is how the client authenticates; plain credentials mean
+        ``request.client_auth``'s secret method. ``url`` defaults to the
+        endpoint's token URL.
 
         Raises:
             TokenEndpointError: a classified failure naming the endpoint.
         """
-        url = await self.token_url()
-        headers = {"Accept": "application/json"}
-        if request.client_auth == "client_secret_basic":
-            headers["Authorization"] = basic_authorization(credentials)
+        if isinstance(auth, ClientCredentials):
+            auth = secret_auth(request.client_auth, auth)
+        url = url or await self.token_url()
+        headers = {"Accept": "application/json", **auth.headers}
         session = await self.session()
+        options: dict[str, Any] = {} if auth.ssl is None else {"ssl": auth.ssl}
         try:
             async with session.post(
                 url,
-                data=request.form(credentials),
+                data=request.form(auth),
                 headers=headers,
                 allow_redirects=False,
+                **options,
             ) as response:
                 body = await read_body(response, MAX_BODY)
                 status = response.status
                 content_type = response.content_type
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                self._note_skew(response.headers.get("Date"), sent_at)
         except TimeoutError:
             raise EndpointUnavailableError(
                 f"token endpoint {url} did not answer within {self.timeout:g}s"
@@ -201,8 +251,19 @@ class TokenEndpoint:
         ):
             return read_token_response(document, request, sent_at, url)
         raise describe_failure(
-            url, status, content_type, body, document, retry_after, credentials
+            url, status, content_type, body, document, retry_after, auth.secrets
         )
+
+    def _note_skew(self, date: str | None, sent_at: datetime) -> None:
+        if not date:
+            return
+        try:
+            moment = parsedate_to_datetime(date)
+        except (TypeError, ValueError):
+            return
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        self.skew = (moment - sent_at).total_seconds()
 
 
 def read_token_response(
@@ -324,14 +385,19 @@ def describe_failure(
     body: bytes,
     document: Any,
     retry_after: float | None,
-    credentials: ClientCredentials,
+    secrets: ClientCredentials | Sequence[str],
 ) -> TokenEndpointError:
     """Classify a failed response into the error that decides what comes next.
 
     Whatever the server echoes back is redacted before it reaches a message:
-    the secret raw, form-encoded, and inside the Basic credentials.
+    the secret raw, form-encoded, and inside the Basic credentials (or the
+    client assertion).
     """
-    forms = _secret_forms(credentials)
+    forms = (
+        _secret_forms(secrets)
+        if isinstance(secrets, ClientCredentials)
+        else sorted(secrets, key=len, reverse=True)
+    )
     if isinstance(document, dict) and isinstance(document.get("error"), str):
         code = _one_line(_redact(document["error"], forms))[:64]
         described = document.get("error_description")

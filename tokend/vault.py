@@ -8,13 +8,13 @@ Credentials read from Vault are held in memory only.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -24,6 +24,7 @@ import hvac.exceptions
 import requests
 from pydantic import SecretStr
 
+from tokend import signing
 from tokend.config import VaultSettings
 from tokend.errors import (
     CredentialsError,
@@ -32,48 +33,25 @@ from tokend.errors import (
     VaultUnavailableError,
 )
 from tokend.token import ClientCredentials
+from tokend.vault_login import (
+    Login,
+    client_certificate,
+    expand_credential_path,
+    read_secret_file,
+)
+
+__all__ = ["LoginState", "VaultSource", "expand_credential_path", "read_secret_file"]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_NO_CREDENTIALS = (
+    "store the client credentials there or fix the token's credentials path"
+)
+_NO_KEY = "create the Transit key or fix signing_key"
 RENEW_SHARE = 2 / 3
 MIN_USEFUL_TTL = 10.0
 DENIED_RELOGIN = 60.0  # seconds between new logins caused by a 403
-
-
-def expand_credential_path(template: str, key: str) -> Path:
-    """Expand ``%C`` to ``$CREDENTIALS_DIRECTORY`` (systemd's LoadCredential=).
-
-    Raises:
-        CredentialsError: ``%C`` is used but the variable is not set.
-    """
-    if "%C" in template.replace("%%", ""):
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise CredentialsError(
-                f"vault.{key} = {template!r} uses %C, but $CREDENTIALS_DIRECTORY is "
-                "not set; run under systemd with LoadCredential= or give a plain path"
-            )
-        template = template.replace("%C", directory)
-
-    return Path(template.replace("%%", "%"))
-
-
-def read_secret_file(template: str, key: str) -> str:
-    """Return the stripped content of a credential file named by ``vault.KEY``."""
-    path = expand_credential_path(template, key)
-    try:
-        value = path.read_text().strip()
-    except FileNotFoundError:
-        raise CredentialsError(f"vault.{key}: {path} does not exist") from None
-    except OSError as exc:
-        raise CredentialsError(
-            f"vault.{key}: cannot read {path}: {exc.strerror}"
-        ) from None
-    if not value:
-        raise CredentialsError(f"vault.{key}: {path} is empty")
-
-    return value
 
 
 @dataclass
@@ -102,11 +80,15 @@ class VaultSource:
         self._logged_in = anyio.Event()
         self._login_ttl = 0.0
         self._denied_login_at = -DENIED_RELOGIN
+        self._login = Login(settings)
 
     async def read_credentials(
-        self, path: str, *, fresh: bool = False
+        self, path: str, *, fresh: bool = False, secret: bool = True
     ) -> ClientCredentials:
         """Return ``client_id`` and ``client_secret`` stored at KV v2 ``path``.
+
+        With ``secret = False`` only ``client_id`` is needed (the client
+        authenticates with a key or a certificate).
 
         If Vault is unavailable, the credentials last read are returned
         instead, unless ``fresh`` demands a real read (after ``invalid_client``).
@@ -127,7 +109,7 @@ class VaultSource:
                 exc,
             )
             return cached
-        credentials = self._credentials(path, data)
+        credentials = self._credentials(path, data, secret)
         self._cache[path] = credentials
 
         return credentials
@@ -195,14 +177,13 @@ class VaultSource:
         async with self._lock:
             if self._client is not None and self._client is not stale:
                 return self._client
-            client = self._new_client()
-            where = (
-                "auth/token/lookup-self"
-                if self.settings.auth == "token"
-                else (f"auth/{self.settings.approle_mount}/login")
-            )
             try:
-                auth = await self._run(self._authenticate, client, where=where)
+                client = self._new_client()
+            except TokendError as exc:
+                self.state.last_error = str(exc)
+                raise
+            try:
+                auth = await self._run(self._login, client, where=self._login.where())
             except BaseException:
                 client.adapter.close()
                 raise
@@ -231,54 +212,97 @@ class VaultSource:
 
     def _new_client(self) -> hvac.Client:
         # Pass token="" so hvac does not pick up ~/.vault-token or $VAULT_TOKEN.
-        return hvac.Client(
+        client = hvac.Client(
             url=self.settings.address,
             token="",
+            cert=client_certificate(self.settings),
             verify=str(self.settings.ca_file) if self.settings.ca_file else True,
             timeout=self.settings.timeout,
             namespace=self.settings.namespace,
         )
+        # The Vault address is configured; proxies from the environment are not.
+        client.session.trust_env = False
+        return client
 
-    def _authenticate(self, client: hvac.Client) -> dict[str, Any]:
-        settings = self.settings
-        if settings.auth == "token":
-            client.token = self._vault_token()
-            data: dict[str, Any] = client.auth.token.lookup_self()["data"]
-            return data
-        role_id = settings.role_id or read_secret_file(
-            settings.role_id_file or "", "role_id_file"
-        )
-        secret_id = read_secret_file(settings.secret_id_file or "", "secret_id_file")
-        response = client.auth.approle.login(
-            role_id=role_id, secret_id=secret_id, mount_point=settings.approle_mount
-        )
-        auth: dict[str, Any] = response["auth"]
-        return auth
+    async def read_secret(self, path: str, missing: str) -> dict[str, Any]:
+        """Return the data of the KV v2 secret at ``path`` (not cached)."""
+        return await self._read_kv(path, missing)
 
-    def _vault_token(self) -> str:
-        if self.settings.token_file:
-            return read_secret_file(self.settings.token_file, "token_file")
-        token = os.environ.get("VAULT_TOKEN", "").strip()
-        if not token:
+    async def transit_key(self, name: str) -> dict[str, Any]:
+        """Return Transit's description of key ``name``: type, versions, public keys."""
+        path = f"{self.settings.transit_mount}/keys/{name}"
+        data: dict[str, Any] = (await self._call("GET", path, None, _NO_KEY))["data"]
+        return data
+
+    async def transit_sign(
+        self,
+        name: str,
+        version: int,
+        hash_bits: str | None,
+        options: dict[str, str],
+        data: bytes,
+    ) -> tuple[int, bytes]:
+        """Sign ``data`` with version ``version`` of Transit key ``name``.
+
+        Returns the version Vault signed with and the raw signature; the
+        private key never leaves Vault.
+        """
+        path = f"{self.settings.transit_mount}/sign/{name}"
+        if hash_bits is not None:
+            path += f"/sha2-{hash_bits}"
+        payload = {
+            "input": base64.b64encode(data).decode(),
+            "key_version": version,
+            "marshaling_algorithm": "jws",
+            **options,
+        }
+        answer = (await self._call("POST", path, payload, _NO_KEY))["data"]
+        prefix, _, signature = str(answer.get("signature", "")).rpartition(":")
+        try:
+            signed_with = int(prefix.removeprefix("vault:v"))
+            return signed_with, signing.b64url_decode(signature)
+        except (ValueError, binascii.Error):
             raise CredentialsError(
-                'vault.auth = "token" needs vault.token_file or $VAULT_TOKEN'
-            )
-        return token
+                f"Vault's answer from {self.settings.address}/v1/{path} "
+                "holds no JWS signature"
+            ) from None
 
-    async def _read_kv(self, path: str) -> dict[str, Any]:
+    async def issue_certificate(
+        self, role: str, common_name: str, ttl: int | None
+    ) -> dict[str, Any]:
+        """Issue a certificate and private key from PKI role ``role``."""
+        path = f"{self.settings.pki_mount}/issue/{role}"
+        payload: dict[str, Any] = {"common_name": common_name, "format": "pem"}
+        if ttl is not None:
+            payload["ttl"] = f"{ttl}s"
+        missing = "create the PKI role or fix client_certificate"
+        data: dict[str, Any] = (await self._call("POST", path, payload, missing))[
+            "data"
+        ]
+        return data
+
+    async def _read_kv(
+        self, path: str, missing: str = _NO_CREDENTIALS
+    ) -> dict[str, Any]:
         mount = self.settings.kv_mount
-        where = f"{mount}/data/{path}"
+        answer = await self._call("GET", f"{mount}/data/{path}", None, missing)
+        data: dict[str, Any] = answer["data"]["data"]
+        return data
 
-        def read(client: hvac.Client) -> dict[str, Any]:
-            response = client.secrets.kv.v2.read_secret_version(
-                path=path, mount_point=mount, raise_on_deleted_version=True
-            )
-            data: dict[str, Any] = response["data"]["data"]
-            return data
+    async def _call(
+        self, method: str, path: str, payload: dict[str, Any] | None, missing: str
+    ) -> dict[str, Any]:
+        """One authenticated request to ``/v1/<path>``; log in again after a 403."""
+
+        def call(client: hvac.Client) -> dict[str, Any]:
+            answer = client.adapter.request(method, f"/v1/{path}", json=payload)
+            if not isinstance(answer, dict):  # 204 or a body that is not JSON
+                raise hvac.exceptions.UnexpectedError("no JSON in the answer")
+            return answer
 
         client = self._client or await self.login()
         try:
-            return await self._run(read, client, where=where)
+            return await self._run(call, client, where=path, missing=missing)
         except VaultDeniedError:
             # A 403 may mean our login was revoked, or the policy's doing. Each
             # new login spends a use of the secret_id: at most one a minute.
@@ -286,10 +310,14 @@ class VaultSource:
                 raise
             self._denied_login_at = time.monotonic()
         client = await self.login(stale=client)
-        return await self._run(read, client, where=where)
+        return await self._run(call, client, where=path, missing=missing)
 
     async def _run(
-        self, operation: Callable[[hvac.Client], T], client: hvac.Client, where: str
+        self,
+        operation: Callable[[hvac.Client], T],
+        client: hvac.Client,
+        where: str,
+        missing: str = _NO_CREDENTIALS,
     ) -> T:
         try:
             return await anyio.to_thread.run_sync(
@@ -299,14 +327,14 @@ class VaultSource:
             self.state.last_error = str(exc)
             raise
         except Exception as exc:  # hvac and requests errors end here
-            error = self._translate(exc, where)
+            error = self._translate(exc, where, missing)
             self.state.last_error = str(error)
             self.state.failures += 1
             if where.startswith("auth/"):
                 self.state.logged_in = False
             raise error from None
 
-    def _translate(self, exc: Exception, where: str) -> TokendError:
+    def _translate(self, exc: Exception, where: str, missing: str) -> TokendError:
         address = self.settings.address
         at = f"{address}/v1/{where}"
         errors = hvac.exceptions
@@ -318,10 +346,7 @@ class VaultSource:
                 "or the login expired"
             )
         if isinstance(exc, errors.InvalidPath):
-            return CredentialsError(
-                f"nothing at {at} (404): store the client credentials there "
-                "or fix the token's credentials path"
-            )
+            return CredentialsError(f"nothing at {at} (404): {missing}")
         if isinstance(exc, errors.InvalidRequest | errors.Unauthorized):
             reason = "; ".join(str(e) for e in (exc.errors or []))[:200]
             return CredentialsError(f"Vault rejected {at}: {reason or 'bad request'}")
@@ -346,16 +371,19 @@ class VaultSource:
             )
         return CredentialsError(f"unexpected answer from {at}: {type(exc).__name__}")
 
-    def _credentials(self, path: str, data: dict[str, Any]) -> ClientCredentials:
+    def _credentials(
+        self, path: str, data: dict[str, Any], secret: bool
+    ) -> ClientCredentials:
         id_key, secret_key = (
             self.settings.client_id_key,
             self.settings.client_secret_key,
         )
-        missing = [k for k in (id_key, secret_key) if not isinstance(data.get(k), str)]
+        needed = (id_key, secret_key) if secret else (id_key,)
+        missing = [k for k in needed if not isinstance(data.get(k), str)]
         if missing:
             raise CredentialsError(
                 f"Vault secret {self.settings.kv_mount}/{path} has no "
-                f"{' or '.join(missing)}; expected string keys {id_key!r} and "
-                f"{secret_key!r}"
+                f"{' or '.join(missing)}; expected string keys "
+                + " and ".join(repr(k) for k in needed)
             )
-        return ClientCredentials(data[id_key], SecretStr(data[secret_key]))
+        return ClientCredentials(data[id_key], SecretStr(data.get(secret_key) or ""))
