@@ -8,14 +8,13 @@ stays unless the server had to be restarted, so use distinct service names.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.support.bao_server import BaoServer, ServiceCreds
+from tests.support.bao_server import BaoServer, ServiceCreds, write_private_file
 
 
 @dataclass(frozen=True)
@@ -78,12 +77,3 @@ def repair_bao_server(server: BaoServer) -> None:
     elif server.is_sealed():
         server.unseal()
     server.enable_approle()
-
-
-def write_private_file(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only, whatever the umask."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        # The mode argument only applies to new files; an older file keeps its.
-        os.fchmod(file.fileno(), 0o600)
-        file.write(text)
