@@ -4,6 +4,10 @@
 damage an earlier test's fault injection left behind (stopped or sealed), so a
 failure in one test cannot cascade into the next. Data written by earlier tests
 stays unless the server had to be restarted, so use distinct service names.
+
+``tls_bao_server`` and ``tls_bao`` are the same for a second server speaking
+HTTPS (needed by the cert auth method), started only when a test asks for it.
+``bao_audit_log`` records what one test's requests to ``bao`` were.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class AppRoleFiles:
 
 
 WriteAppRoleFiles = Callable[[ServiceCreds], AppRoleFiles]
+AUDIT_DEVICE = "test-audit"
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +51,43 @@ def bao(bao_server: BaoServer) -> BaoServer:
     repair_bao_server(bao_server)
 
     return bao_server
+
+
+@pytest.fixture(scope="session")
+def tls_bao_server() -> Iterator[BaoServer]:
+    """Start one OpenBao dev server over HTTPS for the session, AppRole enabled."""
+    with BaoServer(tls=True) as server:
+        server.enable_approle()
+        yield server
+
+
+@pytest.fixture
+def tls_bao(tls_bao_server: BaoServer) -> BaoServer:
+    """Return the session's HTTPS OpenBao server, repaired like ``bao``.
+
+    Its ``ca_file`` holds a new CA after a restart.
+    """
+    repair_bao_server(tls_bao_server)
+
+    return tls_bao_server
+
+
+@pytest.fixture
+def bao_audit_log(bao: BaoServer, tmp_path: Path) -> Iterator[Path]:
+    """Return the file ``bao`` audits every request to during this test.
+
+    Read it with ``BaoServer.audit_paths``. The device is disabled afterwards,
+    before ``tmp_path`` can go away.
+    """
+    path = tmp_path / "bao-audit.log"
+    bao.enable_file_audit(path, name=AUDIT_DEVICE)
+
+    yield path
+
+    if bao.running:
+        if bao.is_sealed():
+            bao.unseal()
+        bao.disable_audit(AUDIT_DEVICE)
 
 
 @pytest.fixture

@@ -480,6 +480,34 @@ class BaoServer:
 
         return latest
 
+    def transit_sign(
+        self,
+        name: str,
+        data: bytes,
+        hash_algorithm: str | None = None,
+        signature_algorithm: str | None = None,
+        mount: str = TRANSIT_MOUNT,
+    ) -> str:
+        """Sign ``data`` with the key's latest version, as a client of transit would.
+
+        Returns ``vault:v<version>:<signature>``, the signature in JWS form
+        (``marshaling_algorithm=jws``): base64url, and raw r||s for ECDSA.
+        ``hash_algorithm`` (e.g. ``sha2-256``) and ``signature_algorithm``
+        (``pkcs1v15`` or ``pss``, RSA only) default to transit's choice; an
+        ed25519 key takes neither.
+        """
+        response = self._root.secrets.transit.sign_data(
+            name,
+            hash_input=base64.b64encode(data).decode(),
+            hash_algorithm=hash_algorithm,
+            signature_algorithm=signature_algorithm,
+            marshaling_algorithm="jws",
+            mount_point=mount,
+        )
+        signature: str = response["data"]["signature"]
+
+        return signature
+
     def transit_public_keys(
         self, name: str, mount: str = TRANSIT_MOUNT
     ) -> dict[int, str]:
