@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support.bao_server import BaoServer
 from tests.support.oauth_server import OAuthServer
 from tests.support.stack import Stack, TomlValue
+from tokend.client_auth import AssertionAuthenticator
+from tokend.config import TokenConfig, VaultSettings
+from tokend.errors import InvalidClientError
+from tokend.lifecycle import build_request
+from tokend.oauth import TokenEndpoint
+from tokend.vault import VaultSource
 
 pytestmark = pytest.mark.integration
 
@@ -333,3 +341,84 @@ def assert_no_key_material(root: Path) -> None:
             text = (Path(directory) / name).read_bytes()
             assert b"PRIVATE KEY" not in text, Path(directory) / name
             assert b'"d":' not in text, Path(directory) / name
+
+
+# In-process: the assertion's clock against the server's.
+
+
+def assertion_config(client_id: str, key: str, oauth: OAuthServer) -> TokenConfig:
+    return TokenConfig(
+        name="orders",
+        credentials=None,
+        audience=AUDIENCE,
+        scopes=("read",),
+        token_url=oauth.token_url,
+        issuer=None,
+        client_auth="private_key_jwt",
+        audience_param="resource",
+        extra_params=(),
+        timeout=10.0,
+        ca_file=None,
+        allow_insecure_http=False,
+        default_lifetime=300,
+        min_lifetime=10,
+        path=Path("/nonexistent/orders"),
+        mode=0o640,
+        format="raw",
+        uid=None,
+        gid=None,
+        metadata=True,
+        on_expiry="remove",
+        client_id=client_id,
+        signing_key=f"transit:{key}",
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("offset", [600, -600])
+async def test_a_skewed_clock_is_corrected_by_the_servers_date(
+    bao: BaoServer,
+    oauth: OAuthServer,
+    tmp_path: Path,
+    offset: float,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Ten minutes off: the server refuses the assertion, the retry is dated right."""
+    key = transit_key(bao, "ecdsa-p256")
+    client_id = f"svc-{secrets.token_hex(4)}"
+    token_file = tmp_path / "vault-token"
+    token_file.write_text(bao.root_token)
+    vault = VaultSource(
+        VaultSettings(address=bao.address, auth="token", token_file=str(token_file))
+    )
+    config = assertion_config(client_id, key, oauth)
+    authenticator = AssertionAuthenticator(config, vault)
+    jwks = {"keys": [c.key.jwk() for c in await authenticator.signer.keys()]}
+    oauth.put_client(client_id, None, ["read"], "private_key_jwt", jwks=jwks)
+    endpoint = TokenEndpoint(oauth.token_url)
+    request = build_request(config)
+    skewed = time.time() + offset
+    try:
+        url, auth = await authenticator.prepare(endpoint, skewed, retry=False)
+        with pytest.raises(InvalidClientError):
+            await endpoint.fetch(
+                request, auth, datetime.fromtimestamp(skewed, UTC), url
+            )
+        url, auth = await authenticator.prepare(endpoint, skewed, retry=True)
+        token = await endpoint.fetch(
+            request, auth, datetime.fromtimestamp(skewed, UTC), url
+        )
+    finally:
+        await endpoint.aclose()
+        await vault.aclose()
+
+    assert token.audience == AUDIENCE
+    first, second = oauth.assertions(client_id)
+    unverified = {"verify_signature": False}
+    assert jwt.decode(first, options=unverified)["iat"] == pytest.approx(skewed, abs=5)
+    assert jwt.decode(second, options=unverified)["iat"] == pytest.approx(
+        time.time(), abs=5
+    )
+    warning = next(r.getMessage() for r in caplog.records if "clock" in r.getMessage())
+    assert re.search(r"\b(599|600|601)s (ahead of|behind)", warning), warning
+    assert ("ahead of" if offset > 0 else "behind") in warning
