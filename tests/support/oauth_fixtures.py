@@ -148,11 +148,7 @@ def tls_oauth(tls_oauth_server: OAuthServer, bao: BaoServer) -> Iterator[OAuthSe
     server gets new certificate files (same paths) and a restart, keeping its
     port and clients. TTL and fault changes are undone afterwards.
     """
-    ca_file = tls_oauth_server.ca_file
-    assert ca_file is not None
-    if bao.enable_pki().strip() != ca_file.read_text().strip():
-        provision_oauth_tls(bao, ca_file.parent)
-        tls_oauth_server.stop()
+    refresh_oauth_tls(tls_oauth_server, bao)
     yield from use_oauth_server(tls_oauth_server)
 
 
@@ -258,6 +254,19 @@ def generate_signing_key() -> tuple[str, dict[str, Any], str]:
     ).decode()
 
     return pem, {"keys": [jwk]}, kid
+
+
+def refresh_oauth_tls(server: OAuthServer, bao: BaoServer) -> None:
+    """Give ``server`` new certificates if ``bao``'s PKI CA is no longer theirs.
+
+    That happens when OpenBao was restarted. The server is then stopped, and
+    restarted by ``use_oauth_server`` with the new files at the same paths.
+    """
+    ca_file = server.ca_file
+    assert ca_file is not None
+    if bao.enable_pki().strip() != ca_file.read_text().strip():
+        provision_oauth_tls(bao, ca_file.parent)
+        server.stop()
 
 
 def provision_oauth_tls(bao: BaoServer, directory: Path) -> CertificateFiles:

@@ -161,11 +161,7 @@ class OAuthServer:
         self.mtls_token_url = ""
         self.jwks_uri = ""
         self.introspection_url = ""
-        # Loopback traffic must not follow an HTTP(S)_PROXY from the environment.
-        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
-        if ca_file is not None:
-            handlers.append(urllib.request.HTTPSHandler(context=self.ssl_context()))
-        self._opener = urllib.request.build_opener(*handlers)
+        self._opener = self._build_opener()
         self._state_dir: tempfile.TemporaryDirectory[str] | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
@@ -225,6 +221,9 @@ class OAuthServer:
             stdout=subprocess.PIPE,
             stderr=self._stderr,
         )
+        # The CA file may hold a new CA since the last start, as the server's
+        # certificate files may.
+        self._opener = self._build_opener()
         try:
             ready = self._read_ready_line()
             self.port = int(ready["port"])
@@ -420,6 +419,23 @@ class OAuthServer:
     def jwks(self) -> dict[str, Any]:
         return self._get_json(self.jwks_uri)
 
+    def discovery(self) -> dict[str, Any]:
+        """Return the server's ``/.well-known/openid-configuration`` document."""
+        return self._get_json(f"{self.issuer}/.well-known/openid-configuration")
+
+    def refusals(self) -> list[str]:
+        """Return why each refused token request of this process was refused.
+
+        Clients only hear ``invalid_client`` ("client authentication failed");
+        the server logs the reason, e.g. ``invalid_client: jwt expired``.
+        """
+        prefix = "token request refused: "
+        return [
+            line.removeprefix(prefix)
+            for line in self.output().splitlines()
+            if line.startswith(prefix)
+        ]
+
     def decode_access_token(self, token: str, audience: str) -> dict[str, Any]:
         """Verify a JWT access token against this server's keys and return its claims.
 
@@ -462,13 +478,22 @@ class OAuthServer:
         )
 
     def _load_discovery(self, issuer: str) -> None:
-        metadata = self._get_json(f"{issuer}/.well-known/openid-configuration")
+        self.issuer = issuer
+        metadata = self.discovery()
         self.issuer = str(metadata["issuer"])
         self.token_url = str(metadata["token_endpoint"])
         self.jwks_uri = str(metadata["jwks_uri"])
         self.introspection_url = str(metadata["introspection_endpoint"])
         aliases = metadata.get("mtls_endpoint_aliases", {})
         self.mtls_token_url = str(aliases.get("token_endpoint", ""))
+
+    def _build_opener(self) -> urllib.request.OpenerDirector:
+        # Loopback traffic must not follow an HTTP(S)_PROXY from the environment.
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+        if self.ca_file is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=self.ssl_context()))
+
+        return urllib.request.build_opener(*handlers)
 
     def _client_path(self, client_id: str) -> str:
         return "/admin/clients/" + urllib.parse.quote(client_id, safe="")

@@ -575,6 +575,10 @@ const issuer = `${tls ? 'https' : 'http'}://127.0.0.1:${port}`;
 const provider = newProvider(issuer, mtlsServer && `https://127.0.0.1:${mtlsPort}${TOKEN_PATH}`);
 provider.use(tokenEndpoint);
 provider.on('server_error', (_ctx, err) => console.error('server_error', err));
+// The client only hears "client authentication failed"; the tests may want to know why.
+provider.on('grant.error', (_ctx, err) => {
+  process.stderr.write(`token request refused: ${err.message}: ${err.error_detail ?? err.error_description}\n`);
+});
 const callback = provider.callback();
 for (const listener of servers) {
   listener.on('request', (req, res) => {
