@@ -212,7 +212,6 @@ def test_certificate_keys_without_tls_client_auth_are_refused(tmp_path: Path) ->
         ('auth = "cert"\n', "needs client_cert_file and client_key_file"),
         ('auth = "jwt"\njwt_file = "/run/identity"\n', "needs jwt_role and jwt_file"),
         ('auth = "jwt"\njwt_role = "tokend"\n', "needs jwt_role and jwt_file"),
-        ('auth = "token"\nsecret_id_wrapped = true\n', 'only with auth = "approle"'),
         ('client_cert_file = "/c.pem"\n', "both client_cert_file and client_key_file"),
     ],
 )
@@ -236,6 +235,8 @@ def test_vault_login_methods_name_what_they_need(
 def test_vault_cert_and_jwt_logins_load(tmp_path: Path) -> None:
     path = tmp_path / "tokend.toml"
     for vault in (
+        # An operator's own token for `tokend jwks`, over a wrapped-AppRole config.
+        'auth = "token"\nsecret_id_wrapped = true\n',
         'auth = "cert"\nclient_cert_file = "%C/c.pem"\nclient_key_file = "%C/k.pem"\n',
         'auth = "jwt"\njwt_role = "tokend"\njwt_file = "%C/identity"\n',
         'role_id = "r"\nsecret_id_file = "%C/wrapped"\nsecret_id_wrapped = true\n',

@@ -19,7 +19,7 @@ import anyio
 import anyio.to_thread
 
 from tokend.client_auth import make_authenticator, make_signer
-from tokend.config import FilesDefaults
+from tokend.config import FilesDefaults, TokenConfig
 from tokend.config_files import LoadedConfig, load_config
 from tokend.control import REFRESH_WAIT
 from tokend.daemon import Daemon, EndpointPool, prepare_workspace
@@ -69,13 +69,14 @@ def check_config(path: Path, args: argparse.Namespace) -> int:
     if control.group and not _group_exists(control.group):
         out.write(f" (warning: no group {control.group!r}; it keeps tokend's group)")
     out.write("\n")
-    rows = [("TOKEN", "AUDIENCE", "SCOPES", "FILE", "MODE", "FORMAT", "GROUP")]
+    rows = [("TOKEN", "AUDIENCE", "SCOPES", "AUTH", "FILE", "MODE", "FORMAT", "GROUP")]
     for token in loaded.tokens.values():
         rows.append(
             (
                 token.name,
                 token.audience or "-",
                 " ".join(token.scopes) or "-",
+                _auth_summary(token),
                 str(token.path),
                 f"{token.mode:04o}",
                 token.format,
@@ -92,6 +93,12 @@ def check_config(path: Path, args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return anyio.run(_check_online, loaded)
+
+
+def _auth_summary(token: TokenConfig) -> str:
+    """``private_key_jwt(transit:orders)``: the method and where its key is."""
+    source = token.signing_key or token.client_certificate
+    return f"{token.client_auth}({source})" if source else token.client_auth
 
 
 async def _check_online(loaded: LoadedConfig) -> int:

@@ -155,8 +155,6 @@ class VaultSettings(Section):
                 )
             if self.secret_id_file is None:
                 raise ValueError('auth = "approle" needs secret_id_file')
-        elif self.secret_id_wrapped:
-            raise ValueError('secret_id_wrapped is used only with auth = "approle"')
         if (self.client_cert_file is None) != (self.client_key_file is None):
             raise ValueError(
                 "set both client_cert_file and client_key_file, or neither"

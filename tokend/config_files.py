@@ -148,7 +148,8 @@ def _describe(
         loc = tuple(str(part) for part in error["loc"])
         key = ".".join(loc) or "(top level)"
         message = _message(error)
-        if loc and loc[0] not in SECRET_SECTIONS and error["type"] != "missing":
+        shown_input = error["type"] != "missing" and error.get("input") is not None
+        if loc and loc[0] not in SECRET_SECTIONS and shown_input:
             shown = repr(error.get("input"))
             if len(shown) <= 60 and "got" not in message:
                 message += f", got {shown}"
