@@ -119,6 +119,7 @@ class TokenKeeper:
         self.heartbeat = self.clock.boottime()
         self.log = TokenLog(logger, self.config.name)
         self._attempted = anyio.Event()
+        self._bound_warned = False
         self.next_due: Deadline | None = None
 
     @property
@@ -288,6 +289,15 @@ class TokenKeeper:
                 exc,
             )
             token, client_id = await self._request(retry=True)
+        if "cnf" in token.claims and not self._bound_warned:
+            # RFC 8705 §3 / RFC 9449: a bound token is useless without the key.
+            self._bound_warned = True
+            self.log.warning(
+                "the token carries a cnf claim: the server bound it to tokend's "
+                "certificate or key, and services reading the file cannot present "
+                "that; turn certificate binding off for this client token=%s",
+                self.name,
+            )
         generation = self.status.generation + 1
         # Both clocks count the lifetime from the moment the request was sent.
         expiry = Deadline(
