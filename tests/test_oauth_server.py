@@ -834,8 +834,9 @@ def test_tls_restart_keeps_both_ports_and_clients(
 
 
 def test_tls_server_follows_a_restarted_openbao_to_its_new_ca(
-    tls_oauth: OAuthServer, bao: BaoServer, tmp_path: Path
+    tls_oauth: OAuthServer, tls_oauth_client: RegisterOAuthClient, bao: BaoServer
 ) -> None:
+    """What the ``tls_oauth`` fixture does when an earlier test restarted OpenBao."""
     assert tls_oauth.ca_file is not None
     old_ca = tls_oauth.ca_file.read_text()
     bao.restart()
@@ -845,19 +846,5 @@ def test_tls_server_follows_a_restarted_openbao_to_its_new_ca(
     tls_oauth.start()
 
     assert tls_oauth.ca_file.read_text() != old_ca
-    client_id = f"svc-after-restart-{time.time_ns()}"
-    certificate = bao.write_certificate(tmp_path, PKI_CLIENT_ROLE, client_id)
-    tls_oauth.put_client(
-        client_id,
-        None,
-        ["read"],
-        "tls_client_auth",
-        tls_client_auth_subject_dn=f"CN={client_id}",
-    )
-    client = OAuthClient(
-        client_id, None, ("read",), "tls_client_auth", certificate=certificate
-    )
-    try:
-        assert request_token(tls_oauth, client).status == 200
-    finally:
-        tls_oauth.delete_client(client_id)
+    client = tls_oauth_client(auth_method="tls_client_auth")
+    assert request_token(tls_oauth, client).status == 200

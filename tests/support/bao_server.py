@@ -203,6 +203,8 @@ class BaoServer:
             raise BaoServerError(f"OpenBao at {self.address} is already running")
 
         config = Path(self._work_dir.name) / "config.hcl"
+        # close() removed the directory, if this is a start after it.
+        config.parent.mkdir(exist_ok=True)
         config.write_text(_SERVER_CONFIG)
         command = [
             find_bao_binary(),
@@ -266,7 +268,7 @@ class BaoServer:
         self.start()
 
     def close(self) -> None:
-        """Stop the server and remove its config and TLS files."""
+        """Stop the server and remove its config and TLS files (a start makes new)."""
         self.stop()
         self._work_dir.cleanup()
 
@@ -456,6 +458,7 @@ class BaoServer:
             exportable: whether ``export_transit_key`` may read the private key.
 
         Raises:
+            ValueError: ``key_type`` is not a signing key type.
             BaoServerError: a key of that name exists with another type or
                 exportability; transit keys cannot be changed that way.
         """
