@@ -22,15 +22,16 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from tests.support.bao_server import BaoServer
 from tests.support.oauth_server import OAuthServer
 from tests.support.stack import Stack, TomlValue
-from tokend.client_auth import AssertionAuthenticator
+from tokend.client_auth import AssertionAuthenticator, make_signer
 from tokend.config import TokenConfig, VaultSettings
-from tokend.errors import InvalidClientError
+from tokend.errors import InvalidClientError, VaultUnavailableError
 from tokend.lifecycle import build_request
 from tokend.oauth import TokenEndpoint
 from tokend.vault import VaultSource
@@ -346,13 +347,15 @@ def assert_no_key_material(root: Path) -> None:
 # In-process: the assertion's clock against the server's.
 
 
-def assertion_config(client_id: str, key: str, oauth: OAuthServer) -> TokenConfig:
-    return TokenConfig(
+def assertion_config(
+    client_id: str, key: str, oauth: OAuthServer | None, **extra: Any
+) -> TokenConfig:
+    fields: dict[str, Any] = dict(
         name="orders",
         credentials=None,
         audience=AUDIENCE,
         scopes=("read",),
-        token_url=oauth.token_url,
+        token_url=oauth.token_url if oauth else "http://127.0.0.1:9/token",
         issuer=None,
         client_auth="private_key_jwt",
         audience_param="resource",
@@ -372,6 +375,8 @@ def assertion_config(client_id: str, key: str, oauth: OAuthServer) -> TokenConfi
         client_id=client_id,
         signing_key=f"transit:{key}",
     )
+    fields.update(extra)
+    return TokenConfig(**fields)
 
 
 @pytest.mark.anyio
@@ -422,3 +427,50 @@ async def test_a_skewed_clock_is_corrected_by_the_servers_date(
     warning = next(r.getMessage() for r in caplog.records if "clock" in r.getMessage())
     assert re.search(r"\b(599|600|601)s (ahead of|behind)", warning), warning
     assert ("ahead of" if offset > 0 else "behind") in warning
+
+
+@pytest.mark.anyio
+async def test_during_a_vault_outage_a_kv_key_signs_and_a_transit_key_cannot(
+    bao: BaoServer, tmp_path: Path
+) -> None:
+    private = ec.generate_private_key(ec.SECP256R1())
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    kv_path = f"tokend/outage-{secrets.token_hex(4)}"
+    bao.write_secret(kv_path, {"private_key": pem})
+    key = transit_key(bao, "ecdsa-p256")
+    token_file = tmp_path / "vault-token"
+    token_file.write_text(bao.root_token)
+    vault = VaultSource(
+        VaultSettings(address=bao.address, auth="token", token_file=str(token_file))
+    )
+    kv = make_signer(
+        assertion_config("c", "x", None, signing_key=f"kv:{kv_path}"), vault
+    )
+    transit = make_signer(assertion_config("c", key, None), vault)
+    try:
+        before = await kv.choose(retry=False)
+        await transit.choose(retry=False)
+        bao.seal()
+        during = await kv.choose(retry=False)
+        signature = await kv.sign(during, b"header.claims")
+        with pytest.raises(VaultUnavailableError) as caught:
+            await transit.sign(await transit.choose(retry=False), b"header.claims")
+    finally:
+        bao.unseal()
+        await vault.aclose()
+
+    assert during == before
+    jwt.PyJWK(during.key.jwk()).key.verify(
+        ecdsa_der(signature), b"header.claims", ec.ECDSA(hashes.SHA256())
+    )
+    assert caught.value.kind == "retryable" and "sealed" in str(caught.value)
+
+
+def ecdsa_der(raw: bytes) -> bytes:
+    half = len(raw) // 2
+    r, s = int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+    return encode_dss_signature(r, s)

@@ -10,6 +10,7 @@ Each logs in through ``tokend once`` (or VaultSource) and fetches a token.
 from __future__ import annotations
 
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from tests.support.bao_fixtures import write_private_file
 from tests.support.bao_server import BaoServer, build_service_policy
 from tests.support.oauth_fixtures import OAuthClient, RegisterOAuthClient
 from tests.support.oauth_server import OAuthServer
-from tests.support.stack import ROOT, tokend_environment, toml_table
+from tests.support.stack import ROOT, Stack, tokend_environment, toml_table
 from tokend.config import VaultSettings
 from tokend.errors import CredentialsError
 from tokend.vault import VaultSource
@@ -343,3 +344,20 @@ def self_signed(key: ec.EllipticCurvePrivateKey) -> bytes:
         .sign(key, hashes.SHA256())
     )
     return certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def test_a_reload_keeps_the_login_made_with_a_wrapped_secret_id(stack: Stack) -> None:
+    """SIGHUP must not unwrap again: the wrapping token is spent at start."""
+    stack.add_service("orders")
+    stack.secret_id_file.write_text(stack.bao.new_wrapped_secret_id(stack.role_name))
+    stack.write_config({"orders": stack.token_entry("orders")})
+    daemon = stack.start(env={"TOKEND_VAULT__SECRET_ID_WRAPPED": "true"})
+    daemon.wait_until(lambda: stack.token_path("orders").exists(), timeout=30)
+
+    daemon.send(signal.SIGHUP)
+    daemon.wait_for_log(" reloaded added=")
+    refreshed = stack.tokend("refresh", "orders")
+    daemon.stop()
+
+    assert refreshed.returncode == 0, refreshed.stderr
+    assert daemon.log().count("vault login ok") == 1, daemon.log()
