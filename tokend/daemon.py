@@ -455,7 +455,10 @@ class Daemon:
             for running in stopping:
                 stops.start_soon(self._retire, running, old, new)
         if restart_all:
+            previous = self._vault
             self._vault = VaultSource(new.settings.vault)
+            if previous is not None:
+                self._vault.inherit_login(previous)
             self._vault_scope = anyio.CancelScope()
             group.start_soon(self._keep_vault_login, self._vault, self._vault_scope)
         for name in diff.changed + diff.added:

@@ -205,6 +205,14 @@ class VaultSource:
         )
         return client
 
+    def inherit_login(self, previous: VaultSource) -> None:
+        """Keep a secret_id unwrapped by ``previous``, if it is still the one meant.
+
+        A wrapping token is spent at start; a reload that changes other
+        ``[vault]`` keys (a timeout, the KV mount) must not need a new one.
+        """
+        self._login.inherit(previous._login)
+
     async def aclose(self) -> None:
         if self._client is not None:
             self._client.adapter.close()

@@ -91,6 +91,14 @@ class Login:
         self.settings = settings
         self._secret_id: SecretStr | None = None
 
+    def inherit(self, previous: Login) -> None:
+        same = ("address", "approle_mount", "role_id", "role_id_file", "secret_id_file")
+        if self.settings.secret_id_wrapped and all(
+            getattr(self.settings, key) == getattr(previous.settings, key)
+            for key in same
+        ):
+            self._secret_id = previous._secret_id
+
     def where(self) -> str:
         settings = self.settings
         mounts = {
