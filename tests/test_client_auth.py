@@ -474,3 +474,22 @@ def ecdsa_der(raw: bytes) -> bytes:
     half = len(raw) // 2
     r, s = int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
     return encode_dss_signature(r, s)
+
+
+def test_assertion_audience_can_be_the_issuer(stack: Stack, oauth: OAuthServer) -> None:
+    key = transit_key(stack.bao, "ecdsa-p256")
+    allow_signing(stack, key)
+    client_id = f"svc-{secrets.token_hex(4)}"
+    entry = jwt_entry(client_id, f"transit:{key}", assertion_audience="issuer")
+    stack.write_config({"orders": entry})
+    oauth.put_client(
+        client_id, None, ["read"], "private_key_jwt", jwks=print_jwks(stack)
+    )
+
+    result = stack.tokend("once")
+
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(
+        oauth.assertions(client_id)[-1], options={"verify_signature": False}
+    )
+    assert claims["aud"] == oauth.issuer
