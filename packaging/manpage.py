@@ -36,7 +36,7 @@ EXIT_STATUS = [
     ("0", "success; for run: stopped by SIGTERM or SIGINT"),
     ("1", "a token or an online check failed, or the daemon cannot start"),
     ("2", "the configuration is invalid"),
-    ("3", "the daemon is unreachable, or the command is not available yet"),
+    ("3", "the daemon is unreachable"),
 ]
 SIGNALS = [
     ("SIGHUP", "reload the configuration; an invalid one is logged and ignored"),
