@@ -51,7 +51,8 @@ class OAuthClient:
     client_secret: str | None
     scopes: tuple[str, ...]
     auth_method: str = "client_secret_basic"
-    jwks: dict[str, Any] | None = None
+    # A dict, so left out of the hash; the rest of the client still hashes.
+    jwks: dict[str, Any] | None = field(default=None, hash=False)
     tls_client_auth_subject_dn: str | None = None
     # Kept out of the repr so assertion output and logs never show it.
     signing_key_pem: str | None = field(default=None, repr=False)

@@ -20,7 +20,10 @@
 // Client authentication: client_secret_basic, client_secret_post, private_key_jwt
 // (inline public `jwks`; RS/PS 256/384/512, ES256, ES384 and EdDSA assertions) and
 // tls_client_auth (`tls_client_auth_subject_dn`, an RFC 4514 DN such as
-// "CN=orders-client"). The token endpoint accepts only the registered method.
+// "CN=orders-client"). The token endpoint accepts only the registered method; the
+// stats count each request under the method it presented ("none" when it carried
+// no credentials at all), and stderr says why each refused one was refused:
+// "token request refused: invalid_client: jwt expired".
 // Assertions: each jti once (oidc-provider's ReplayDetection, kept in memory until
 // the assertion expires); clock tolerance CLOCK_TOLERANCE = 5 s for exp, nbf and iat,
 // and an iat further in the future than that is refused too (oidc-provider alone
