@@ -12,6 +12,8 @@ import json
 import os
 import re
 import secrets
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -28,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from tests.support.bao_server import BaoServer
 from tests.support.oauth_server import OAuthServer
-from tests.support.stack import Stack, TomlValue
+from tests.support.stack import Stack, TomlValue, tokend_environment
 from tokend.client_auth import AssertionAuthenticator, make_signer
 from tokend.config import TokenConfig, VaultSettings
 from tokend.errors import InvalidClientError, VaultUnavailableError
@@ -493,3 +495,70 @@ def test_assertion_audience_can_be_the_issuer(stack: Stack, oauth: OAuthServer) 
         oauth.assertions(client_id)[-1], options={"verify_signature": False}
     )
     assert claims["aud"] == oauth.issuer
+
+
+@pytest.mark.anyio
+async def test_a_clock_off_by_hours_is_not_corrected(
+    bao: BaoServer, oauth: OAuthServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A forged Date must not make tokend sign assertions valid hours from now."""
+    key = transit_key(bao, "ecdsa-p256")
+    client_id = f"svc-{secrets.token_hex(4)}"
+    token_file = tmp_path / "vault-token"
+    token_file.write_text(bao.root_token)
+    vault = VaultSource(
+        VaultSettings(address=bao.address, auth="token", token_file=str(token_file))
+    )
+    config = assertion_config(client_id, key, oauth)
+    authenticator = AssertionAuthenticator(config, vault)
+    jwks = {"keys": [c.key.jwk() for c in await authenticator.signer.keys()]}
+    oauth.put_client(client_id, None, ["read"], "private_key_jwt", jwks=jwks)
+    endpoint = TokenEndpoint(oauth.token_url)
+    skewed = time.time() - 3 * 3600
+    try:
+        for retry in (False, True):
+            url, auth = await authenticator.prepare(endpoint, skewed, retry=retry)
+            with pytest.raises(InvalidClientError):
+                await endpoint.fetch(
+                    build_request(config),
+                    auth,
+                    datetime.fromtimestamp(skewed, UTC),
+                    url,
+                )
+    finally:
+        await endpoint.aclose()
+        await vault.aclose()
+
+    unverified = {"verify_signature": False}
+    issued = [
+        jwt.decode(a, options=unverified)["iat"] for a in oauth.assertions(client_id)
+    ]
+    assert issued == [pytest.approx(skewed, abs=5)] * 2
+    assert "more than tokend corrects" in caplog.text
+
+
+def test_jwks_does_not_spend_the_daemons_wrapping_token(stack: Stack) -> None:
+    key = transit_key(stack.bao, "ecdsa-p256")
+    stack.write_config({"orders": jwt_entry("c", f"transit:{key}")})
+    wrapping = stack.bao.new_wrapped_secret_id(stack.role_name)
+    stack.secret_id_file.write_text(wrapping)
+    command = [sys.executable, "-m", "tokend.cli", "jwks", "orders"]
+    command += ["-c", str(stack.config_path)]
+    wrapped = {"TOKEND_VAULT__SECRET_ID_WRAPPED": "true"}
+
+    refused = subprocess.run(
+        command, capture_output=True, text=True, env=tokend_environment(wrapped)
+    )
+    own_token = {**wrapped, "TOKEND_VAULT__AUTH": "token"}
+    own_token["VAULT_TOKEN"] = stack.bao.root_token
+    printed = subprocess.run(
+        command, capture_output=True, text=True, env=tokend_environment(own_token)
+    )
+
+    assert refused.returncode == 2 and "TOKEND_VAULT__AUTH=token" in refused.stderr
+    assert printed.returncode == 0, printed.stderr
+    assert json.loads(printed.stdout)["keys"][0]["alg"] == "ES256"
+    lookup = stack.bao.client().adapter.post(
+        "/v1/sys/wrapping/lookup", json={"token": wrapping}
+    )
+    assert "secret-id" in lookup["data"]["creation_path"]  # still unused

@@ -275,18 +275,29 @@ async def test_an_expired_certificate_is_not_used_when_vault_is_down(
         await vault.aclose()
 
 
-def test_the_key_reaches_the_tls_context_without_a_file(
+def test_the_key_reaches_the_tls_context_through_memfd_only(
     bao: BaoServer, tls_oauth: OAuthServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """memfd carries the key: the temporary-file fallback is never taken."""
-
-    def no_files(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a temporary file was created for the key")
-
-    monkeypatch.setattr(client_auth.tempfile, "NamedTemporaryFile", no_files)
+    """The key is loaded from an anonymous memory file; without one, no fallback."""
     issued = bao.issue_certificate(PKI_CLIENT_ROLE, "orders-client", ttl="1h")
+    opened: list[str] = []
+    real_open = os.open
 
+    def watch_open(path: str, *args: object, **kwargs: object) -> int:
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(client_auth.os, "open", watch_open)
     held = load_certificate(issued, tls_oauth.ca_file, PKI_CLIENT_ROLE)
+
+    def no_memfd(*args: object) -> int:
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(client_auth.os, "memfd_create", no_memfd)
+    with pytest.raises(TokendError, match="does not write keys to disk"):
+        load_certificate(issued, tls_oauth.ca_file, PKI_CLIENT_ROLE)
+
+    assert opened == []  # OpenSSL read /proc/self/fd/N; Python opened no file
 
     assert held.not_after - held.not_before == pytest.approx(3600, abs=60)
     assert held.serial.replace(":", "") == issued["serial_number"].replace(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -249,3 +250,79 @@ def test_vault_cert_and_jwt_logins_load(tmp_path: Path) -> None:
             + 'credentials = "c"\n'
         )
         assert load_config(path).settings.vault.address == "https://v.test"
+
+
+@pytest.mark.parametrize("value", ["", "a b", "svc\n", "zwölf"])
+def test_an_inline_client_id_must_be_printable_without_spaces(
+    tmp_path: Path, value: str
+) -> None:
+    text = (
+        VAULT
+        + OAUTH
+        + TOKEN
+        + 'client_auth = "private_key_jwt"\nsigning_key = "transit:k"\n'
+        + f"client_id = {json.dumps(value)}\n"
+    )
+
+    found = problems(tmp_path, text)
+
+    assert any("tokens.orders.client_id" in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    "value", ["transit:.", "transit:..", "kv:/abs", "kv:a//b", "kv:a/./b", "kv:a/"]
+)
+def test_signing_key_paths_without_empty_or_dot_segments(
+    tmp_path: Path, value: str
+) -> None:
+    text = (
+        VAULT
+        + OAUTH
+        + TOKEN
+        + f'client_auth = "private_key_jwt"\nclient_id = "c"\nsigning_key = "{value}"\n'
+    )
+
+    assert "tokens.orders.signing_key" in only(tmp_path, text)
+
+
+def test_a_dot_pki_role_is_refused(tmp_path: Path) -> None:
+    text = (
+        VAULT
+        + OAUTH
+        + TOKEN
+        + 'client_auth = "tls_client_auth"\nclient_id = "c"\n'
+        + 'client_certificate = "pki:.."\n'
+    )
+
+    assert "tokens.orders.client_certificate" in only(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        'signing_alg = "ES256"',
+        'assertion_audience = "issuer"',
+        "assertion_lifetime = 30",
+    ],
+)
+def test_assertion_settings_without_private_key_jwt_are_refused(
+    tmp_path: Path, setting: str
+) -> None:
+    text = VAULT + OAUTH + TOKEN + f'credentials = "c"\n{setting}\n'
+
+    problem = only(tmp_path, text)
+
+    assert f"tokens.orders.{setting.split()[0]}" in problem
+    assert "private_key_jwt" in problem
+
+
+def test_an_empty_certificate_common_name_is_refused(tmp_path: Path) -> None:
+    text = (
+        VAULT
+        + OAUTH
+        + TOKEN
+        + 'client_auth = "tls_client_auth"\nclient_id = "c"\n'
+        + 'client_certificate = "pki:r"\ncertificate_common_name = ""\n'
+    )
+
+    assert "tokens.orders.certificate_common_name" in only(tmp_path, text)

@@ -299,3 +299,50 @@ async def test_discovery_runs_again_after_the_endpoint_disappears(
         await endpoint.aclose()
 
     assert paths(quirk) == [OIDC, "/token", "/token", OIDC, "/token"]
+
+
+async def discover_mtls(issuer: str) -> tuple[str, str]:
+    endpoint = TokenEndpoint(issuer, discover=True, timeout=2.0)
+    try:
+        return await endpoint.token_url(), await endpoint.token_url(mtls=True)
+    finally:
+        await endpoint.aclose()
+
+
+@pytest.mark.anyio
+async def test_discovery_finds_the_mtls_alias(quirk: QuirkServer) -> None:
+    aliases = {"token_endpoint": "https://mtls.auth.example.test/token"}
+    quirk.reply(
+        metadata(
+            quirk.url, token_endpoint=quirk.token_url, mtls_endpoint_aliases=aliases
+        ),
+        OIDC,
+    )
+
+    plain, mtls = await discover_mtls(quirk.url)
+
+    assert plain == quirk.token_url
+    assert mtls == "https://mtls.auth.example.test/token"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "alias", ["", "http://127.0.0.1:1/token", 7, "https://", None, "https://[::1"]
+)
+async def test_a_bad_mtls_alias_is_ignored_not_fatal(
+    quirk: QuirkServer, alias: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Only tls_client_auth uses the alias: it must not stop other tokens."""
+    quirk.reply(
+        metadata(
+            quirk.url,
+            token_endpoint=quirk.token_url,
+            mtls_endpoint_aliases={"token_endpoint": alias},
+        ),
+        OIDC,
+    )
+
+    plain, mtls = await discover_mtls(quirk.url)
+
+    assert plain == mtls == quirk.token_url
+    assert "ignoring it" in caplog.text

@@ -23,7 +23,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.support.quirk_server import QuirkServer, token_response
-from tokend.config import RefreshSettings, Settings, resolve_tokens
+from tokend.config import RefreshSettings, Settings
 from tokend.config import VaultSettings as VaultConfig
 from tokend.config_files import LoadedConfig
 from tokend.daemon import prepare_workspace
@@ -31,6 +31,7 @@ from tokend.errors import FileSinkError
 from tokend.files import TEMP_SUFFIX, prepare_directory, write_atomic
 from tokend.lifecycle import TokenKeeper
 from tokend.oauth import TokenEndpoint
+from tokend.resolve import resolve_tokens
 from tokend.state import StateStore
 from tokend.token import ClientCredentials, fingerprint
 from tokend.vault import VaultSource

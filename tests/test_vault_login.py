@@ -28,6 +28,7 @@ from tests.support.bao_server import BaoServer, build_service_policy
 from tests.support.oauth_fixtures import OAuthClient, RegisterOAuthClient
 from tests.support.oauth_server import OAuthServer
 from tests.support.stack import ROOT, Stack, tokend_environment, toml_table
+from tokend import signing
 from tokend.config import VaultSettings
 from tokend.errors import CredentialsError
 from tokend.vault import VaultSource
@@ -370,3 +371,50 @@ def test_a_reload_keeps_the_login_made_with_a_wrapped_secret_id(stack: Stack) ->
     assert refreshed.returncode == 0, refreshed.stderr
     assert logins_after_sighup == 1, daemon.log()
     assert "wrapping token" not in daemon.log()
+
+
+def test_a_wrapped_secret_id_is_unwrapped_at_start_even_with_cached_tokens(
+    stack: Stack,
+) -> None:
+    """Cached tokens need no Vault call, but the wrapping token must not wait.
+
+    An inline client_id and a KV key: nothing at restart would touch Vault.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    stack.bao.write_secret(f"{stack.prefix}/orders-key", {"private_key": pem})
+    client_id = f"svc-{secrets.token_hex(4)}"
+    public = signing.public_jwk(key.public_key())
+    jwk = {**public, "kid": signing.thumbprint(public)}
+    stack.oauth.put_client(
+        client_id, None, ["read"], "private_key_jwt", jwks={"keys": [jwk]}
+    )
+    env = {"TOKEND_VAULT__SECRET_ID_WRAPPED": "true"}
+    stack.secret_id_file.write_text(stack.bao.new_wrapped_secret_id(stack.role_name))
+    entry = {
+        "client_id": client_id,
+        "client_auth": "private_key_jwt",
+        "signing_key": f"kv:{stack.prefix}/orders-key",
+        "audience": AUDIENCE,
+    }
+    stack.write_config({"orders": entry})
+    first = stack.start(env=env)
+    first.wait_until(lambda: stack.token_path("orders").exists(), timeout=30)
+    first.stop()
+    wrapping = stack.bao.new_wrapped_secret_id(stack.role_name)
+    stack.secret_id_file.write_text(wrapping)
+    requests_before = stack.oauth.token_requests(client_id)
+
+    second = stack.start(env=env)
+    second.wait_for_log("vault login ok", timeout=30)
+    lookup = stack.bao.client().adapter.post(
+        "/v1/sys/wrapping/lookup", json={"token": wrapping}, raise_exception=False
+    )
+    second.stop()
+
+    assert lookup.status_code == 400, "the wrapping token is still unused"
+    assert stack.oauth.token_requests(client_id) == requests_before

@@ -19,7 +19,6 @@ import logging
 import os
 import secrets
 import ssl
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,6 +38,9 @@ from tokend.vault import VaultSource
 logger = logging.getLogger(__name__)
 
 SKEW_TOLERATED = 10.0  # seconds between our clock and the server's Date
+# Beyond this the Date is not believed: a forged one must not make tokend
+# sign assertions that are valid hours from now.
+SKEW_CORRECTED = 900.0
 TRANSIT_INFO_TTL = 300.0  # re-read a Transit key's versions this often
 CERTIFICATE_RENEW_SHARE = 2 / 3
 CERTIFICATE_GRACE = 30.0  # an old certificate must have this long left to be used
@@ -102,8 +104,8 @@ class TransitSigner:
         self.vault = vault
         self.name = name
         self.alg = alg
-        self._type = ""
         self._versions: dict[int, signing.VerifyingKey] = {}
+        self._signable: list[int] = []  # versions Vault signs with, oldest first
         self._read_at = -TRANSIT_INFO_TTL
         self._last: int | None = None
 
@@ -115,12 +117,12 @@ class TransitSigner:
     async def choose(self, retry: bool) -> Choice:
         if retry or time.monotonic() - self._read_at >= TRANSIT_INFO_TTL:
             await self._read()
-        newest = max(self._versions)
+        newest = self._signable[-1]
         version = newest
         # After a rotation the server may not know the newest key yet: when
         # it refused an assertion signed with it, try the previous version.
-        if retry and self._last == newest and newest - 1 in self._versions:
-            version = newest - 1
+        if retry and self._last == newest and len(self._signable) > 1:
+            version = self._signable[-2]
         self._last = version
         return Choice(self._versions[version], version)
 
@@ -160,9 +162,12 @@ class TransitSigner:
             alg = signing.choose_alg(public, self.alg, f"{where} ({key_type})")
             kid = signing.thumbprint(signing.public_jwk(public))
             versions[int(version)] = signing.VerifyingKey(public, kid, alg)
-        if not versions:
-            raise CredentialsError(f"{described} has no public key to sign with")
-        self._type, self._versions = key_type, versions
+        # Vault signs with no version below min_encryption_version.
+        lowest = int(data.get("min_encryption_version") or 0)
+        signable = sorted(v for v in versions if v >= lowest)
+        if not signable:
+            raise CredentialsError(f"{described} has no version to sign with")
+        self._versions, self._signable = versions, signable
         self._read_at = time.monotonic()
 
 
@@ -271,6 +276,18 @@ class AssertionAuthenticator(Authenticator):
         if skew is None or abs(skew) <= SKEW_TOLERATED:
             self._skew_noted = 0.0
             return 0.0
+        if abs(skew) > SKEW_CORRECTED:
+            if abs(skew - self._skew_noted) > SKEW_TOLERATED:
+                self._skew_noted = skew
+                logger.error(
+                    "this host's clock is %.0fs %s the token server's Date; that is "
+                    "more than tokend corrects (%.0fs): fix the time sync token=%s",
+                    abs(skew),
+                    "behind" if skew > 0 else "ahead of",
+                    SKEW_CORRECTED,
+                    self.config.name,
+                )
+            return 0.0
         if abs(skew - self._skew_noted) > SKEW_TOLERATED:
             self._skew_noted = skew
             logger.warning(
@@ -313,6 +330,11 @@ class CertificateAuthenticator(Authenticator):
         self, endpoint: TokenEndpoint, now: float, retry: bool
     ) -> tuple[str, RequestAuth]:
         url = await endpoint.token_url(mtls=True)
+        if not url.startswith("https:"):
+            raise CredentialsError(
+                f"tls_client_auth needs an https token endpoint, got {url}",
+                kind="persistent",
+            )
         client_id = await self.client_id(fresh=retry)
         held = await self._certificate(client_id, now, renew=retry)
         auth = RequestAuth(client_id, form={"client_id": client_id}, ssl=held.context)
@@ -365,8 +387,8 @@ def load_certificate(
     """Build the TLS context presenting an issued certificate and its key.
 
     The key goes through an anonymous memory file (memfd): it is never
-    written to a file system. Where memfd is missing, a 0600 temporary file
-    is used and unlinked at once.
+    written to a file system. Without memfd (a seccomp filter, a foreign
+    kernel) tokend refuses rather than write the key to a file.
 
     Raises:
         CredentialsError: the answer lacks a part or cannot be loaded.
@@ -379,6 +401,8 @@ def load_certificate(
     try:
         leaf = x509.load_pem_x509_certificate(str(parts[0]).encode())
         context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        context.keylog_filename = None  # type: ignore[assignment]  # no $SSLKEYLOGFILE
+        context.post_handshake_auth = True  # servers asking per location (TLS 1.3)
         _load_chain(context, "\n".join([*map(str, parts), str(key)]))
     except (ValueError, ssl.SSLError, OSError) as exc:
         raise CredentialsError(f"cannot load {described}: {exc}") from None
@@ -394,12 +418,12 @@ def _load_chain(context: ssl.SSLContext, pem: str) -> None:
     data = pem.encode()
     try:
         fd = os.memfd_create("tokend-client-certificate", os.MFD_CLOEXEC)
-    except (AttributeError, OSError):
-        with tempfile.NamedTemporaryFile(prefix="tokend-", suffix=".pem") as file:
-            file.write(data)  # NamedTemporaryFile is created 0600
-            file.flush()
-            context.load_cert_chain(file.name)
-        return
+    except (AttributeError, OSError) as exc:
+        raise CredentialsError(
+            "cannot hand the client certificate's key to OpenSSL without writing "
+            f"it to a file: memfd_create failed ({exc}); tokend does not write "
+            "keys to disk"
+        ) from None
     try:
         view = memoryview(data)
         while view:

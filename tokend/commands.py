@@ -91,8 +91,24 @@ def check_config(path: Path, args: argparse.Namespace) -> int:
         out.write("\n")
     if not args.online:
         return EXIT_OK
+    if _spends_wrapping_token(loaded, "check --online"):
+        return EXIT_INVALID
 
     return anyio.run(_check_online, loaded)
+
+
+def _spends_wrapping_token(loaded: LoadedConfig, command: str) -> bool:
+    """Refuse to unwrap the daemon's wrapping token for a one-off command."""
+    vault = loaded.settings.vault
+    if vault.auth != "approle" or not vault.secret_id_wrapped:
+        return False
+    sys.stderr.write(
+        f"tokend {command}: vault.secret_id_wrapped is set, and unwrapping the "
+        "wrapping token here would leave none for the daemon's next start; log "
+        "in with your own token instead: VAULT_TOKEN=... TOKEND_VAULT__AUTH=token "
+        f"tokend {command} ...\n"
+    )
+    return True
 
 
 def _auth_summary(token: TokenConfig) -> str:
@@ -214,6 +230,8 @@ def print_jwks(path: Path, args: argparse.Namespace) -> int:
             f'"{token.client_auth}"; a JWKS exists only for "private_key_jwt" '
             "with a signing_key\n"
         )
+        return EXIT_INVALID
+    if _spends_wrapping_token(loaded, f"jwks {args.name}"):
         return EXIT_INVALID
 
     async def read() -> list[dict[str, str]]:

@@ -18,8 +18,9 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
-from tokend.config import Settings, TokenConfig, resolve_tokens
+from tokend.config import Settings, TokenConfig
 from tokend.errors import ConfigError
+from tokend.resolve import resolve_tokens
 
 DEFAULT_CONFIG = Path("/etc/tokend/tokend.toml")
 SECRET_SECTIONS = ("vault",)

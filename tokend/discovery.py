@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
 from tokend.errors import EndpointUnavailableError, TokenEndpointError
 from tokend.http import is_loopback_host, read_body
+
+logger = logging.getLogger(__name__)
 
 MAX_DOCUMENT = 1 << 20
 
@@ -82,16 +85,7 @@ async def discover_token_endpoints(
             continue
         if isinstance(document, dict):
             endpoint = _token_endpoint(document, issuer, url, allow_http)
-            aliases = document.get("mtls_endpoint_aliases")
-            alias = None
-            if isinstance(aliases, dict) and "token_endpoint" in aliases:
-                alias = _checked_url(
-                    aliases["token_endpoint"],
-                    url,
-                    "mtls_endpoint_aliases.token_endpoint",
-                    allow_http,
-                )
-            return endpoint, alias
+            return endpoint, _mtls_alias(document, url)
         failures.append(f"{url}: not a JSON object")
 
     raise EndpointUnavailableError(
@@ -110,6 +104,30 @@ def _token_endpoint(
     return _checked_url(
         document.get("token_endpoint"), url, "token_endpoint", allow_http
     )
+
+
+def _mtls_alias(document: dict[str, object], url: str) -> str | None:
+    """The https mTLS token endpoint, or None; a bad one is only a warning.
+
+    Only tls_client_auth tokens use it, so it must not stop the others.
+    """
+    aliases = document.get("mtls_endpoint_aliases")
+    if not isinstance(aliases, dict) or "token_endpoint" not in aliases:
+        return None
+    alias = aliases["token_endpoint"]
+    try:
+        parts = urlsplit(alias) if isinstance(alias, str) else None
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme != "https" or not parts.hostname:
+        logger.warning(
+            "discovery document %s has an mtls_endpoint_aliases.token_endpoint "
+            "that is not an https URL; ignoring it: %.100r",
+            url,
+            alias,
+        )
+        return None
+    return str(alias)
 
 
 def _checked_url(endpoint: object, url: str, key: str, allow_http: bool) -> str:

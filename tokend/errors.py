@@ -90,9 +90,14 @@ class TokenEndpointError(TokendError):
 
 
 class EndpointUnavailableError(TokenEndpointError):
-    """Network failure, timeout, 5xx, 429 or ``temporarily_unavailable``."""
+    """Network failure, timeout, 5xx, 429 or ``temporarily_unavailable``.
+
+    ``handshake`` marks a failed TLS handshake, which with mutual TLS may be
+    the server refusing the client certificate.
+    """
 
     kind: ErrorKind = "retryable"
+    handshake: bool = False
 
 
 class InvalidClientError(TokenEndpointError):

@@ -22,7 +22,7 @@ import anyio.to_thread
 
 from tokend.client_auth import make_authenticator
 from tokend.config import RefreshSettings, TokenConfig
-from tokend.errors import InvalidClientError, TokendError
+from tokend.errors import EndpointUnavailableError, InvalidClientError, TokendError
 from tokend.files import (
     describe_metadata,
     remove_file,
@@ -280,11 +280,19 @@ class TokenKeeper:
     async def _refresh(self) -> _Current:
         try:
             token, client_id = await self._request(retry=False)
-        except InvalidClientError as exc:
+        except (InvalidClientError, EndpointUnavailableError) as exc:
+            refused = isinstance(exc, InvalidClientError) or (
+                exc.handshake and self.authenticator.mtls
+            )
+            if not refused:
+                raise
             # The secret, key or certificate may have been rotated in Vault:
-            # read it again, once.
+            # read it again (a certificate: issue a new one), once.
             self.log.info(
-                "invalid_client, re-reading credentials token=%s error=%s",
+                "%s, re-reading credentials token=%s error=%s",
+                "invalid_client"
+                if isinstance(exc, InvalidClientError)
+                else "TLS handshake failed",
                 self.name,
                 exc,
             )
@@ -319,9 +327,12 @@ class TokenKeeper:
         return current
 
     async def _request(self, retry: bool) -> tuple[AccessToken, str]:
-        url, auth = await self.authenticator.prepare(
-            self.endpoint, self.clock.wall(), retry
-        )
+        try:
+            url, auth = await self.authenticator.prepare(
+                self.endpoint, self.clock.wall(), retry
+            )
+        finally:
+            self.status.auth = self.authenticator.status()
         self._sent_boot = self.clock.boottime()
         sent_at = datetime.fromtimestamp(self.clock.wall(), UTC)
         self.status.requests += 1

@@ -98,8 +98,8 @@ class RequestAuth:
     client_id: str
     headers: dict[str, str] = field(default_factory=dict)
     form: dict[str, str] = field(default_factory=dict)
-    ssl: ssl.SSLContext | None = field(default=None, repr=False)
-    secrets: tuple[str, ...] = field(default=(), repr=False)
+    ssl: ssl.SSLContext | None = None
+    secrets: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         return f"RequestAuth(client_id={self.client_id!r}, form={sorted(self.form)!r})"
@@ -169,7 +169,9 @@ class TokenEndpoint:
     def _tls_context(self) -> ssl.SSLContext:
         cafile = str(self._ca_file) if self._ca_file else None
         try:
-            return ssl.create_default_context(cafile=cafile)
+            context = ssl.create_default_context(cafile=cafile)
+            context.keylog_filename = None  # type: ignore[assignment]  # no $SSLKEYLOGFILE
+            return context
         except (OSError, ssl.SSLError) as exc:
             raise TokenEndpointError(
                 f"cannot load the CA bundle {cafile} for {self.location}: {exc}; "
@@ -226,16 +228,19 @@ class TokenEndpoint:
                 status = response.status
                 content_type = response.content_type
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                self._note_skew(response.headers.get("Date"), sent_at)
+                date = response.headers.get("Date")
         except TimeoutError:
             raise EndpointUnavailableError(
                 f"token endpoint {url} did not answer within {self.timeout:g}s"
             ) from None
         except aiohttp.ClientSSLError as exc:
-            raise EndpointUnavailableError(
+            error = EndpointUnavailableError(
                 f"TLS with token endpoint {url} failed ({_reason(exc)}); "
                 "check the server certificate and ca_file"
-            ) from None
+                + ("; or the server refused the client certificate" if auth.ssl else "")
+            )
+            error.handshake = True
+            raise error from None
         except (aiohttp.ClientError, OSError) as exc:
             raise EndpointUnavailableError(
                 f"cannot reach token endpoint {url}: {_reason(exc)}"
@@ -244,6 +249,8 @@ class TokenEndpoint:
             self._token_url = None  # the server may have moved it; look again
 
         document = _decode(body, content_type)
+        if isinstance(document, dict):  # the token endpoint's own answer
+            self._note_skew(date, sent_at)
         if (
             status == 200
             and isinstance(document, dict)

@@ -127,8 +127,10 @@ def choose_alg(key: PublicKey, configured: str | None, described: str) -> str:
 
 
 def hash_bits(alg: str) -> str:
-    """``"256"`` for RS256, PS256 and ES256; EdDSA hashes internally."""
-    return alg[-3:] if alg != "EdDSA" else "512"
+    """``"256"`` for RS256, PS256 and ES256 (EdDSA has no separate hash)."""
+    if alg == "EdDSA":
+        raise ValueError("EdDSA signs the message itself, not a digest")
+    return alg[-3:]
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from tokend.errors import (
 from tokend.token import ClientCredentials
 from tokend.vault_login import (
     Login,
-    client_certificate,
+    client_certificate_files,
     expand_credential_path,
     read_secret_file,
 )
@@ -125,6 +125,11 @@ class VaultSource:
         """
         rng = random.Random()
         failures = 0
+        settings = self.settings
+        if settings.auth == "approle" and settings.secret_id_wrapped:
+            # Unwrap at start, while the wrapping token is fresh, not at the
+            # first refresh, which cached tokens may put hours away.
+            await self._first_login(rng)
         await self._logged_in.wait()
         delay = self._renew_delay()
         while True:
@@ -141,6 +146,19 @@ class VaultSource:
                 continue
             failures = 0
             delay = self._renew_delay()
+
+    async def _first_login(self, rng: random.Random) -> None:
+        failures = 0
+        while not self._logged_in.is_set():
+            try:
+                await self.login()
+            except TokendError as exc:
+                failures += 1
+                delay = min(60.0, 2.0**failures) * rng.uniform(0.5, 1.0)
+                logger.warning(
+                    "vault login failed, retrying in %.0fs error=%s", delay, exc
+                )
+                await anyio.sleep(delay)
 
     def _renew_delay(self) -> float:
         ttl = self.state.ttl
@@ -183,7 +201,9 @@ class VaultSource:
                 self.state.last_error = str(exc)
                 raise
             try:
-                auth = await self._run(self._login, client, where=self._login.where())
+                auth = await self._run(
+                    self._login, client, where=self._login.login_path()
+                )
             except BaseException:
                 client.adapter.close()
                 raise
@@ -223,7 +243,8 @@ class VaultSource:
         client = hvac.Client(
             url=self.settings.address,
             token="",
-            cert=client_certificate(self.settings),
+            # () rather than None: hvac would take $VAULT_CLIENT_CERT instead.
+            cert=client_certificate_files(self.settings) or (),
             verify=str(self.settings.ca_file) if self.settings.ca_file else True,
             timeout=self.settings.timeout,
             namespace=self.settings.namespace,
@@ -239,8 +260,7 @@ class VaultSource:
     async def transit_key(self, name: str) -> dict[str, Any]:
         """Return Transit's description of key ``name``: type, versions, public keys."""
         path = f"{self.settings.transit_mount}/keys/{name}"
-        data: dict[str, Any] = (await self._call("GET", path, None, _NO_KEY))["data"]
-        return data
+        return await self._call("GET", path, None, _NO_KEY)
 
     async def transit_sign(
         self,
@@ -264,7 +284,14 @@ class VaultSource:
             "marshaling_algorithm": "jws",
             **options,
         }
-        answer = (await self._call("POST", path, payload, _NO_KEY))["data"]
+        answer = await self._call("POST", path, payload, _NO_KEY)
+        for warning in answer.get("warnings") or []:
+            # A parameter Vault ignored (salt_length, say) makes a signature
+            # the server rejects for no visible reason: refuse it here.
+            raise CredentialsError(
+                f"Vault warned about {self.settings.address}/v1/{path}: "
+                f"{str(warning)[:200]}"
+            )
         prefix, _, signature = str(answer.get("signature", "")).rpartition(":")
         try:
             signed_with = int(prefix.removeprefix("vault:v"))
@@ -284,29 +311,39 @@ class VaultSource:
         if ttl is not None:
             payload["ttl"] = f"{ttl}s"
         missing = "create the PKI role or fix client_certificate"
-        data: dict[str, Any] = (await self._call("POST", path, payload, missing))[
-            "data"
-        ]
-        return data
+        return await self._call("POST", path, payload, missing)
 
     async def _read_kv(
         self, path: str, missing: str = _NO_CREDENTIALS
     ) -> dict[str, Any]:
         mount = self.settings.kv_mount
-        answer = await self._call("GET", f"{mount}/data/{path}", None, missing)
-        data: dict[str, Any] = answer["data"]["data"]
-        return data
+        where = f"{mount}/data/{path}"
+        return await self._call("GET", where, None, missing, ("data", "data"))
 
     async def _call(
-        self, method: str, path: str, payload: dict[str, Any] | None, missing: str
+        self,
+        method: str,
+        path: str,
+        payload: dict[str, Any] | None,
+        missing: str,
+        keys: tuple[str, ...] = ("data",),
     ) -> dict[str, Any]:
-        """One authenticated request to ``/v1/<path>``; log in again after a 403."""
+        """One authenticated request to ``/v1/<path>``; log in again after a 403.
+
+        Returns the answer's object under ``keys`` (``data`` by default),
+        with Vault's ``warnings`` kept beside it.
+        """
 
         def call(client: hvac.Client) -> dict[str, Any]:
             answer = client.adapter.request(method, f"/v1/{path}", json=payload)
-            if not isinstance(answer, dict):  # 204 or a body that is not JSON
-                raise hvac.exceptions.UnexpectedError("no JSON in the answer")
-            return answer
+            found = answer
+            for key in keys:  # a missing key ends as "unexpected answer"
+                found = found[key] if isinstance(found, dict) else None
+            if not isinstance(found, dict):  # 204, or not the JSON expected
+                raise hvac.exceptions.UnexpectedError("no JSON object in the answer")
+            if isinstance(answer, dict) and answer.get("warnings"):
+                found = {**found, "warnings": answer["warnings"]}
+            return found
 
         client = self._client or await self.login()
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def read_secret_file(template: str, key: str) -> str:
     return value
 
 
-def client_certificate(settings: VaultSettings) -> tuple[str, str] | None:
+def client_certificate_files(settings: VaultSettings) -> tuple[str, str] | None:
     """The TLS client certificate and key files for Vault, checked now.
 
     Raises:
@@ -80,26 +81,42 @@ def client_certificate(settings: VaultSettings) -> tuple[str, str] | None:
     return str(cert), str(key)
 
 
-class Login:
-    """Logs one hvac client in with the configured method.
+class Unwrapped:
+    """The secret_id unwrapped from a wrapping token, in memory only.
 
-    Keeps a secret_id unwrapped from a response-wrapping token for later
-    logins, in memory only: the wrapping token can be used once.
+    The lock makes the unwrap single-flight even across worker threads that
+    an earlier, cancelled login left running: a wrapping token works once.
     """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.secret_id: SecretStr | None = None
+
+
+class Login:
+    """Logs one hvac client in with the configured method."""
 
     def __init__(self, settings: VaultSettings) -> None:
         self.settings = settings
-        self._secret_id: SecretStr | None = None
+        self._unwrapped = Unwrapped()
 
     def inherit(self, previous: Login) -> None:
-        same = ("address", "approle_mount", "role_id", "role_id_file", "secret_id_file")
+        """Share ``previous``'s unwrapped secret_id if it is for the same role."""
+        same = (
+            "address",
+            "namespace",
+            "approle_mount",
+            "role_id",
+            "role_id_file",
+            "secret_id_file",
+        )
         if self.settings.secret_id_wrapped and all(
             getattr(self.settings, key) == getattr(previous.settings, key)
             for key in same
         ):
-            self._secret_id = previous._secret_id
+            self._unwrapped = previous._unwrapped
 
-    def where(self) -> str:
+    def login_path(self) -> str:
         settings = self.settings
         mounts = {
             "token": "auth/token/lookup-self",
@@ -130,7 +147,7 @@ class Login:
                 or read_secret_file(settings.role_id_file or "", "role_id_file"),
                 "secret_id": self._approle_secret_id(client),
             }
-        response = client.adapter.post(f"/v1/{self.where()}", json=payload)
+        response = client.adapter.post(f"/v1/{self.login_path()}", json=payload)
         auth: dict[str, Any] = response["auth"]
         client.token = auth["client_token"]
         return auth
@@ -139,15 +156,17 @@ class Login:
         settings = self.settings
         if not settings.secret_id_wrapped:
             return read_secret_file(settings.secret_id_file or "", "secret_id_file")
-        if self._secret_id is None:
-            self._secret_id = SecretStr(self._unwrap(client))
-        return self._secret_id.get_secret_value()
+        unwrapped = self._unwrapped
+        with unwrapped.lock:
+            if unwrapped.secret_id is None:
+                unwrapped.secret_id = SecretStr(self._unwrap(client))
+            return unwrapped.secret_id.get_secret_value()
 
     def _unwrap(self, client: hvac.Client) -> str:
         """Check what the wrapping token wraps, then unwrap it (once)."""
         settings = self.settings
         path = expand_credential_path(settings.secret_id_file or "", "secret_id_file")
-        wrapping = read_secret_file(settings.secret_id_file or "", "secret_id_file")
+        wrapping = read_secret_file(str(path).replace("%", "%%"), "secret_id_file")
         used = (
             f"vault.secret_id_file: the wrapping token in {path} is not valid: it "
             "was unwrapped already or it expired. tokend unwraps it once, at "
