@@ -27,10 +27,11 @@ from tests.support.quirk_server import (
     token_response,
 )
 from tokend import schedule
-from tokend.config import RefreshSettings, Settings, TokenSettings, resolve_tokens
+from tokend.config import RefreshSettings, Settings, TokenSettings
 from tokend.config import VaultSettings as VaultConfig
 from tokend.lifecycle import TokenKeeper
 from tokend.oauth import TokenEndpoint
+from tokend.resolve import resolve_tokens
 from tokend.state import StateStore
 from tokend.token import ClientCredentials
 from tokend.vault import VaultSource
