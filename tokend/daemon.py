@@ -111,6 +111,14 @@ def prepare_workspace(loaded: LoadedConfig) -> Workspace:
     return workspace
 
 
+def _load_caches(keepers: list[TokenKeeper]) -> None:
+    for keeper in keepers:
+        try:
+            keeper.load_cache()
+        except Exception:  # the keeper reads again itself, where a failure shows
+            logger.debug("cache not read ahead token=%s", keeper.name, exc_info=True)
+
+
 @dataclass(frozen=True)
 class TokenDiff:
     added: list[str]
@@ -202,7 +210,7 @@ class Daemon:
             try:
                 async with anyio.create_task_group() as group:
                     group.start_soon(self._handle_signals, signals, group.cancel_scope)
-                    self._start(group, self.loaded)
+                    await self._start(group, self.loaded)
                     group.start_soon(self._announce_ready, self.loaded)
                     group.start_soon(self._reload_loop, group)
                     group.start_soon(self._watchdog)
@@ -222,7 +230,7 @@ class Daemon:
 
         return 0
 
-    def _start(self, group: anyio.abc.TaskGroup, loaded: LoadedConfig) -> None:
+    async def _start(self, group: anyio.abc.TaskGroup, loaded: LoadedConfig) -> None:
         settings = loaded.settings
         self._vault = VaultSource(settings.vault)
         self._vault_scope = anyio.CancelScope()
@@ -236,13 +244,20 @@ class Daemon:
             settings.vault.address,
             settings.vault.auth,
         )
-        for token in loaded.tokens.values():
-            self._start_keeper(group, token)
+        keepers = [self._new_keeper(token) for token in loaded.tokens.values()]
+        # Every cached token and state record in one worker thread, not one
+        # (or two) per token: a restart with many tokens is ready sooner.
+        await anyio.to_thread.run_sync(_load_caches, keepers)
+        for keeper in keepers:
+            self._run_keeper(group, keeper)
 
     def _start_keeper(self, group: anyio.abc.TaskGroup, token: TokenConfig) -> None:
+        self._run_keeper(group, self._new_keeper(token))
+
+    def _new_keeper(self, token: TokenConfig) -> TokenKeeper:
         assert self.loaded is not None and self._vault is not None
         assert self._workspace is not None
-        keeper = TokenKeeper(
+        return TokenKeeper(
             token,
             self._endpoints.get(token),
             self._vault,
@@ -251,6 +266,9 @@ class Daemon:
             observer=self.metrics.observe,
             wake_slice=KEEPER_WAKE_SLICE,
         )
+
+    def _run_keeper(self, group: anyio.abc.TaskGroup, keeper: TokenKeeper) -> None:
+        token = keeper.config
         running = _Running(keeper, anyio.CancelScope())
         self._running[token.name] = running
         group.start_soon(self._supervise, running)
@@ -299,7 +317,8 @@ class Daemon:
         timeout = loaded.settings.daemon.startup_timeout
         with anyio.move_on_after(timeout) as waited:
             for running in list(self._running.values()):
-                await running.keeper.settled.wait()
+                if not running.keeper.settled.is_set():  # no checkpoint per token
+                    await running.keeper.settled.wait()
         summary = self.summary()
         if waited.cancelled_caught:
             logger.warning("startup_timeout of %.0fs reached; ready anyway", timeout)
