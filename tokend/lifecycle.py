@@ -353,22 +353,26 @@ class TokenKeeper:
         )
         data = render_token(current.token, config.format, metadata)
 
-        def write_side_files() -> None:
-            if config.metadata:
-                self._write_file(config.metadata_path, render_metadata(metadata))
-            self.store.save(record)
+        def write_files() -> TokendError | None:
+            """All three in one worker thread; the side files' error, if any."""
+            self._write_file(config.path, data)  # raises: nothing published
+            try:
+                if config.metadata:
+                    self._write_file(config.metadata_path, render_metadata(metadata))
+                self.store.save(record)
+            except TokendError as exc:
+                return exc
+            return None
 
         # Shielded: a shutdown waits for a started write to finish.
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._write_file, config.path, data)
-            try:
-                await anyio.to_thread.run_sync(write_side_files)
-            except TokendError as exc:
-                self.log.warning(
-                    "token written, but not its metadata or state token=%s error=%s",
-                    self.name,
-                    exc,
-                )
+            side_error = await anyio.to_thread.run_sync(write_files)
+        if side_error is not None:
+            self.log.warning(
+                "token written, but not its metadata or state token=%s error=%s",
+                self.name,
+                side_error,
+            )
 
     def _adopt(self, current: _Current) -> None:
         self._current = current
