@@ -8,6 +8,7 @@ the writer locks, and what systemd is told.
 from __future__ import annotations
 
 import logging
+import random
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
@@ -172,6 +173,9 @@ class Daemon:
         self.reload_error: str | None = None
         self._running: dict[str, _Running] = {}
         self._endpoints = EndpointPool()
+        # One generator for every keeper's jitter: a Random of its own costs
+        # each keeper 2.5 KB of state and a seed from os.urandom.
+        self._rng = random.Random()
         self._vault: VaultSource | None = None
         self._workspace: Workspace | None = None
         self.loaded_at: str | None = None
@@ -263,6 +267,7 @@ class Daemon:
             self._vault,
             self._workspace.store,
             self.loaded.settings.refresh,
+            rng=self._rng,
             observer=self.metrics.observe,
             wake_slice=KEEPER_WAKE_SLICE,
         )
