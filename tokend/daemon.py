@@ -449,13 +449,13 @@ class Daemon:
             await anyio.to_thread.run_sync(self._workspace.prepare, new)
         except ConfigError as exc:
             self.reload_error = "; ".join(exc.problems)
-            self.metrics.reloads.labels("rejected").inc()
+            self.metrics.count_reload("rejected")
             for problem in exc.problems:
                 logger.error("reload rejected, keeping the running config: %s", problem)
             return None
         except TokendError as exc:
             self.reload_error = str(exc)
-            self.metrics.reloads.labels("rejected").inc()
+            self.metrics.count_reload("rejected")
             logger.error("reload rejected, keeping the running config: %s", exc)
             return None
         return new
@@ -465,7 +465,7 @@ class Daemon:
         assert old is not None
         self.loaded, self.reload_error = new, None
         self.loaded_at = format_time(datetime.now(UTC))
-        self.metrics.reloads.labels("applied").inc()
+        self.metrics.count_reload("applied")
         restart_all = (old.settings.vault, old.settings.refresh) != (
             new.settings.vault,
             new.settings.refresh,
