@@ -33,7 +33,7 @@ from tokend.files import (
 from tokend.logs import TokenLog, event
 from tokend.oauth import TokenEndpoint, TokenRequest
 from tokend.schedule import Clock, Deadline, SystemClock, refresh_after, retry_after
-from tokend.state import StateRecord, StateStore
+from tokend.state import Restored, StateRecord, StateStore
 from tokend.token import AccessToken, format_time
 from tokend.vault import VaultSource
 
@@ -121,6 +121,8 @@ class TokenKeeper:
         self._attempted = anyio.Event()
         self._bound_warned = False
         self.next_due: Deadline | None = None
+        # What load_cache() read ahead for restore(), if the daemon called it.
+        self._cached: tuple[Restored | None, int, bool] | None = None
 
     @property
     def name(self) -> str:
@@ -152,14 +154,14 @@ class TokenKeeper:
         file until the refresh (due now) replaces it or it expires; an expired
         one is removed at once (with ``on_expiry = "remove"``).
         """
-        restored = await anyio.to_thread.run_sync(
-            self.store.restore, self.name, self.fingerprint
-        )
+        cached, self._cached = self._cached, None
+        if cached is None:
+            cached = await anyio.to_thread.run_sync(self._read_cache)
+        restored, generation, as_configured = cached
         now = Deadline.after(self.clock, 0)
         if restored is None:
             # A crash between the token file and its record: keep counting up.
-            record = await anyio.to_thread.run_sync(self.store.load, self.name)
-            self.status.generation = record.generation if record else 0
+            self.status.generation = generation
             return now
         token = restored.token
         remaining = token.remaining(datetime.fromtimestamp(self.clock.wall(), UTC))
@@ -175,12 +177,8 @@ class TokenKeeper:
             return now
         # Rewrite the files only if the config changed how they look: a restart
         # with a thousand intact tokens then costs a stat each, not 3 writes.
-        unchanged = (restored.path, restored.format) == (
-            self.config.path,
-            self.config.format,
-        ) and await anyio.to_thread.run_sync(self._files_as_configured)
         try:
-            if not unchanged:
+            if not as_configured:
                 await self._publish(current)
         except TokendError as exc:
             self.log.warning(
@@ -198,6 +196,27 @@ class TokenKeeper:
         )
 
         return self._refresh_deadline(token)
+
+    def load_cache(self) -> None:
+        """Read what an earlier run left for this token (blocking file I/O).
+
+        The daemon calls this for every keeper in one worker thread before
+        they start, so that :meth:`restore` needs no thread of its own.
+        """
+        self._cached = self._read_cache()
+
+    def _read_cache(self) -> tuple[Restored | None, int, bool]:
+        """The intact cached token, the generation to count on from, and
+        whether its files look as configured (so need no rewrite)."""
+        restored = self.store.restore(self.name, self.fingerprint)
+        if restored is None:
+            record = self.store.load(self.name)
+            return None, record.generation if record else 0, False
+        as_configured = (restored.path, restored.format) == (
+            self.config.path,
+            self.config.format,
+        ) and self._files_as_configured()
+        return restored, restored.generation, as_configured
 
     def _files_as_configured(self) -> bool:
         """True if the token file (and metadata) have the configured mode and owner."""
@@ -365,22 +384,26 @@ class TokenKeeper:
         )
         data = render_token(current.token, config.format, metadata)
 
-        def write_side_files() -> None:
-            if config.metadata:
-                self._write_file(config.metadata_path, render_metadata(metadata))
-            self.store.save(record)
+        def write_files() -> TokendError | None:
+            """All three in one worker thread; the side files' error, if any."""
+            self._write_file(config.path, data)  # raises: nothing published
+            try:
+                if config.metadata:
+                    self._write_file(config.metadata_path, render_metadata(metadata))
+                self.store.save(record)
+            except TokendError as exc:
+                return exc
+            return None
 
         # Shielded: a shutdown waits for a started write to finish.
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._write_file, config.path, data)
-            try:
-                await anyio.to_thread.run_sync(write_side_files)
-            except TokendError as exc:
-                self.log.warning(
-                    "token written, but not its metadata or state token=%s error=%s",
-                    self.name,
-                    exc,
-                )
+            side_error = await anyio.to_thread.run_sync(write_files)
+        if side_error is not None:
+            self.log.warning(
+                "token written, but not its metadata or state token=%s error=%s",
+                self.name,
+                side_error,
+            )
 
     def _adopt(self, current: _Current) -> None:
         self._current = current

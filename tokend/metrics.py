@@ -3,65 +3,145 @@
 Counters and the latency histogram are fed by the keepers; everything else
 (expiry, freshness, Vault login) is computed when scraped, so no value can go
 stale between refreshes.
+
+The counts are kept in plain dicts and lists; ``prometheus_client`` is
+imported, and the exposition built from them, only when metrics are scraped.
+Its own metric objects cost about 2 KB per token (a lock per bucket) and its
+import a megabyte, for a daemon that may never be scraped.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
-
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from tokend import __version__
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+
     from tokend.lifecycle import TokenKeeper
     from tokend.vault import LoginState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+ATTEMPTS_HELP = "Refresh attempts by outcome (ok, retryable, credentials, persistent)."
+LATENCY_HELP = "Time from the start of a refresh to its outcome."
+RELOADS_HELP = "Configuration reloads by outcome (applied, rejected)."
+
+
+def _bucket_label(bound: float) -> str:
+    """``le`` as prometheus_client writes it (Go's float format: 1.0, 0.05)."""
+    return repr(float(bound))
+
+
+class _Count:
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+
+class _Latency:
+    __slots__ = ("buckets", "count", "created", "sum")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * len(BUCKETS)  # per bucket, not cumulative
+        self.count = 0
+        self.sum = 0.0
+        self.created = time.time()
 
 
 class Metrics:
-    """The daemon's registry: one per daemon, never the global one."""
+    """The daemon's metrics: one per daemon, never the global registry."""
 
     def __init__(
         self,
         keepers: Callable[[], Iterable[TokenKeeper]],
         vault: Callable[[], LoginState | None],
     ) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.attempts = Counter(
-            "tokend_refresh_attempts",
-            "Refresh attempts by outcome (ok, retryable, credentials, persistent).",
-            ["token", "outcome"],
-            registry=self.registry,
-        )
-        self.latency = Histogram(
-            "tokend_refresh_duration_seconds",
-            "Time from the start of a refresh to its outcome.",
-            ["token"],
-            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=self.registry,
-        )
-        self.reloads = Counter(
-            "tokend_reloads",
-            "Configuration reloads by outcome (applied, rejected).",
-            ["outcome"],
-            registry=self.registry,
-        )
-        self.registry.register(_StateCollector(keepers, vault))
+        self._keepers, self._vault = keepers, vault
+        self.attempts: dict[tuple[str, str], _Count] = {}
+        self.latency: dict[str, _Latency] = {}
+        self.reloads: dict[str, _Count] = {}
+        self._registry: CollectorRegistry | None = None
 
     def observe(self, token: str, outcome: str, seconds: float) -> None:
-        self.attempts.labels(token, outcome).inc()
-        self.latency.labels(token).observe(seconds)
+        key = (token, outcome)
+        count = self.attempts.get(key) or self.attempts.setdefault(key, _Count())
+        count.value += 1
+        latency = self.latency.get(token) or self.latency.setdefault(token, _Latency())
+        for index, bound in enumerate(BUCKETS):
+            if seconds <= bound:
+                latency.buckets[index] += 1
+                break
+        latency.count += 1
+        latency.sum += seconds
+
+    def count_reload(self, outcome: str) -> None:
+        self.reloads.setdefault(outcome, _Count()).value += 1
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        from prometheus_client import CollectorRegistry, generate_latest
+
+        if self._registry is None:
+            registry = CollectorRegistry(auto_describe=True)
+            registry.register(_CountsCollector(self))
+            registry.register(_StateCollector(self._keepers, self._vault))
+            self._registry = registry
+        return generate_latest(self._registry)
 
 
-class _StateCollector(Collector):
+class _CountsCollector:
+    """What prometheus_client's Counter and Histogram would expose."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            HistogramMetricFamily,
+        )
+        from prometheus_client.samples import Sample
+
+        metrics = self._metrics
+        attempts = CounterMetricFamily(
+            "tokend_refresh_attempts", ATTEMPTS_HELP, labels=["token", "outcome"]
+        )
+        for (token, outcome), count in list(metrics.attempts.items()):
+            attempts.add_metric([token, outcome], count.value, created=count.created)
+        yield attempts
+        latency = HistogramMetricFamily(
+            "tokend_refresh_duration_seconds", LATENCY_HELP, labels=["token"]
+        )
+        for token, seen in list(metrics.latency.items()):
+            cumulative, buckets = 0, []
+            for bound, value in zip(BUCKETS, seen.buckets, strict=True):
+                cumulative += value
+                buckets.append((_bucket_label(bound), float(cumulative)))
+            buckets.append(("+Inf", float(seen.count)))
+            latency.add_metric([token], buckets, seen.sum)
+            # As prometheus_client's Histogram: when the token's series began.
+            created = Sample(
+                "tokend_refresh_duration_seconds_created",
+                {"token": token},
+                seen.created,
+            )
+            latency.samples.append(created)
+        yield latency
+        reloads = CounterMetricFamily(
+            "tokend_reloads", RELOADS_HELP, labels=["outcome"]
+        )
+        for outcome, count in list(metrics.reloads.items()):
+            reloads.add_metric([outcome], count.value, created=count.created)
+        yield reloads
+
+
+class _StateCollector:
     def __init__(
         self,
         keepers: Callable[[], Iterable[TokenKeeper]],
@@ -70,6 +150,8 @@ class _StateCollector(Collector):
         self._keepers, self._vault = keepers, vault
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+
         info = InfoMetricFamily("tokend_build", "tokend version.")
         info.add_metric([], {"version": __version__})
         yield info
