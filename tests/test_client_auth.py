@@ -28,11 +28,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from tests.support.bao_fixtures import root_vault
 from tests.support.bao_server import BaoServer
 from tests.support.oauth_server import OAuthServer
 from tests.support.stack import Stack, TomlValue, tokend_environment
 from tokend.client_auth import AssertionAuthenticator, make_signer
-from tokend.config import TokenConfig, VaultSettings
+from tokend.config import TokenConfig
 from tokend.errors import InvalidClientError, VaultUnavailableError
 from tokend.lifecycle import build_request
 from tokend.oauth import TokenEndpoint
@@ -381,6 +382,19 @@ def assertion_config(
     return TokenConfig(**fields)
 
 
+async def registered_client(
+    bao: BaoServer, oauth: OAuthServer, tmp_path: Path
+) -> tuple[TokenConfig, VaultSource, AssertionAuthenticator]:
+    """A Transit-signed client registered with its JWKS, tokend's side in-process."""
+    client_id = f"svc-{secrets.token_hex(4)}"
+    vault = root_vault(bao, tmp_path)
+    config = assertion_config(client_id, transit_key(bao, "ecdsa-p256"), oauth)
+    authenticator = AssertionAuthenticator(config, vault)
+    jwks = {"keys": [c.key.jwk() for c in await authenticator.signer.keys()]}
+    oauth.put_client(client_id, None, ["read"], "private_key_jwt", jwks=jwks)
+    return config, vault, authenticator
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("offset", [600, -600])
 async def test_a_skewed_clock_is_corrected_by_the_servers_date(
@@ -391,17 +405,8 @@ async def test_a_skewed_clock_is_corrected_by_the_servers_date(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Ten minutes off: the server refuses the assertion, the retry is dated right."""
-    key = transit_key(bao, "ecdsa-p256")
-    client_id = f"svc-{secrets.token_hex(4)}"
-    token_file = tmp_path / "vault-token"
-    token_file.write_text(bao.root_token)
-    vault = VaultSource(
-        VaultSettings(address=bao.address, auth="token", token_file=str(token_file))
-    )
-    config = assertion_config(client_id, key, oauth)
-    authenticator = AssertionAuthenticator(config, vault)
-    jwks = {"keys": [c.key.jwk() for c in await authenticator.signer.keys()]}
-    oauth.put_client(client_id, None, ["read"], "private_key_jwt", jwks=jwks)
+    config, vault, authenticator = await registered_client(bao, oauth, tmp_path)
+    client_id = config.client_id or ""
     endpoint = TokenEndpoint(oauth.token_url)
     request = build_request(config)
     skewed = time.time() + offset
@@ -444,11 +449,7 @@ async def test_during_a_vault_outage_a_kv_key_signs_and_a_transit_key_cannot(
     kv_path = f"tokend/outage-{secrets.token_hex(4)}"
     bao.write_secret(kv_path, {"private_key": pem})
     key = transit_key(bao, "ecdsa-p256")
-    token_file = tmp_path / "vault-token"
-    token_file.write_text(bao.root_token)
-    vault = VaultSource(
-        VaultSettings(address=bao.address, auth="token", token_file=str(token_file))
-    )
+    vault = root_vault(bao, tmp_path)
     kv = make_signer(
         assertion_config("c", "x", None, signing_key=f"kv:{kv_path}"), vault
     )
@@ -502,17 +503,8 @@ async def test_a_clock_off_by_hours_is_not_corrected(
     bao: BaoServer, oauth: OAuthServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A forged Date must not make tokend sign assertions valid hours from now."""
-    key = transit_key(bao, "ecdsa-p256")
-    client_id = f"svc-{secrets.token_hex(4)}"
-    token_file = tmp_path / "vault-token"
-    token_file.write_text(bao.root_token)
-    vault = VaultSource(
-        VaultSettings(address=bao.address, auth="token", token_file=str(token_file))
-    )
-    config = assertion_config(client_id, key, oauth)
-    authenticator = AssertionAuthenticator(config, vault)
-    jwks = {"keys": [c.key.jwk() for c in await authenticator.signer.keys()]}
-    oauth.put_client(client_id, None, ["read"], "private_key_jwt", jwks=jwks)
+    config, vault, authenticator = await registered_client(bao, oauth, tmp_path)
+    client_id = config.client_id or ""
     endpoint = TokenEndpoint(oauth.token_url)
     skewed = time.time() - 3 * 3600
     try:

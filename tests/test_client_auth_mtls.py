@@ -19,16 +19,16 @@ from pathlib import Path
 import anyio
 import pytest
 
+from tests.support.bao_fixtures import root_vault
 from tests.support.bao_server import BaoServer
 from tests.support.oauth_fixtures import PKI_CLIENT_ROLE
 from tests.support.oauth_server import OAuthServer
 from tests.support.stack import Stack, TomlValue
 from tokend import client_auth
 from tokend.client_auth import CertificateAuthenticator, load_certificate
-from tokend.config import TokenConfig, VaultSettings
+from tokend.config import TokenConfig
 from tokend.errors import InvalidClientError, TokendError
 from tokend.oauth import RequestAuth, TokenEndpoint, TokenRequest
-from tokend.vault import VaultSource
 
 pytestmark = pytest.mark.integration
 
@@ -188,14 +188,6 @@ def token_config(client_id: str, oauth: OAuthServer, **extra: object) -> TokenCo
         **extra,
     }
     return TokenConfig(**fields)  # type: ignore[arg-type]
-
-
-def root_vault(bao: BaoServer, tmp_path: Path) -> VaultSource:
-    token_file = tmp_path / "vault-token"
-    token_file.write_text(bao.root_token)
-    return VaultSource(
-        VaultSettings(address=bao.address, auth="token", token_file=str(token_file))
-    )
 
 
 REQUEST = TokenRequest(

@@ -12,12 +12,13 @@ from pydantic import SecretStr
 
 from tests.support.quirk_server import QuirkResponse, QuirkServer, token_response
 from tokend.errors import EndpointUnavailableError, TokenEndpointError
-from tokend.oauth import TokenEndpoint, TokenRequest
+from tokend.oauth import TokenEndpoint, TokenRequest, secret_auth
 from tokend.token import AccessToken, ClientCredentials
 
 OIDC = "/.well-known/openid-configuration"
 RFC8414 = "/.well-known/oauth-authorization-server"
 CREDENTIALS = ClientCredentials("orders", SecretStr("discovery-secret-9d2e"))
+AUTH = secret_auth("client_secret_basic", CREDENTIALS)
 
 
 @pytest.fixture
@@ -62,7 +63,7 @@ async def fetch_via_issuer(issuer: str, times: int = 1) -> list[AccessToken]:
     endpoint = TokenEndpoint(issuer, discover=True, timeout=2.0)
     try:
         return [
-            await endpoint.fetch(make_request(issuer), CREDENTIALS, datetime.now(UTC))
+            await endpoint.fetch(make_request(issuer), AUTH, datetime.now(UTC))
             for _ in range(times)
         ]
     finally:
@@ -291,10 +292,10 @@ async def test_discovery_runs_again_after_the_endpoint_disappears(
     endpoint = TokenEndpoint(quirk.url, discover=True, timeout=2.0)
     request = make_request(quirk.url)
     try:
-        await endpoint.fetch(request, CREDENTIALS, datetime.now(UTC))
+        await endpoint.fetch(request, AUTH, datetime.now(UTC))
         with pytest.raises(TokenEndpointError):
-            await endpoint.fetch(request, CREDENTIALS, datetime.now(UTC))
-        await endpoint.fetch(request, CREDENTIALS, datetime.now(UTC))
+            await endpoint.fetch(request, AUTH, datetime.now(UTC))
+        await endpoint.fetch(request, AUTH, datetime.now(UTC))
     finally:
         await endpoint.aclose()
 

@@ -31,7 +31,7 @@ from tokend.errors import (
     TokenEndpointError,
     TokenRejectedError,
 )
-from tokend.oauth import MAX_LIFETIME, TokenEndpoint, TokenRequest
+from tokend.oauth import MAX_LIFETIME, TokenEndpoint, TokenRequest, secret_auth
 from tokend.token import AccessToken, ClientCredentials
 
 AUDIENCE = "https://orders.example.internal"
@@ -72,7 +72,8 @@ async def fetch_token(
     endpoint = TokenEndpoint(url, timeout=endpoint_timeout)
     try:
         request = make_request(url, **changes)
-        return await endpoint.fetch(request, credentials, datetime.now(UTC))
+        auth = secret_auth(request.client_auth, credentials)
+        return await endpoint.fetch(request, auth, datetime.now(UTC))
     finally:
         await endpoint.aclose()
 
@@ -793,7 +794,9 @@ async def test_many_concurrent_fetches_share_one_session(quirk: QuirkServer) -> 
     sessions = set()
 
     async def one() -> None:
-        await endpoint.fetch(request, CREDENTIALS, datetime.now(UTC))
+        await endpoint.fetch(
+            request, secret_auth(request.client_auth, CREDENTIALS), datetime.now(UTC)
+        )
         sessions.add(id(await endpoint.session()))
 
     try:

@@ -30,6 +30,7 @@ from tokend.oauth import (
     basic_authorization,
     describe_failure,
     read_token_response,
+    secret_auth,
 )
 from tokend.token import AccessToken, ClientCredentials
 
@@ -37,6 +38,8 @@ URL = "https://auth.example.test/oauth2/token"
 AUDIENCE = "https://orders.example.test"
 SECRET = "Zq9:s3cr+et%2F/va-lue-7f1c"
 CREDENTIALS = ClientCredentials("orders-client", SecretStr(SECRET))
+# Every form of the secret a server might echo: raw, form-encoded, in Basic.
+SECRETS = secret_auth("client_secret_basic", CREDENTIALS).secrets
 KINDS = {"retryable", "credentials", "persistent"}
 MAX_MESSAGE = 600
 SENT_AT = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -167,9 +170,7 @@ def read_document(document: Any, request: TokenRequest) -> AccessToken:
     if isinstance(document, dict) and "error" not in document:
         return read_token_response(document, request, SENT_AT, URL)
     body = json.dumps(document).encode()
-    raise describe_failure(
-        URL, 200, "application/json", body, document, None, CREDENTIALS
-    )
+    raise describe_failure(URL, 200, "application/json", body, document, None, SECRETS)
 
 
 def outcome_of(document: Any, request: TokenRequest) -> None:
@@ -246,9 +247,7 @@ def test_describe_failure_is_classified_bounded_and_secret_free(
 ) -> None:
     document = decode_like_fetch(body, content_type)
 
-    error = describe_failure(
-        URL, status, content_type, body, document, None, CREDENTIALS
-    )
+    error = describe_failure(URL, status, content_type, body, document, None, SECRETS)
 
     assert isinstance(error, TokenEndpointError)
     assert error.kind in KINDS
@@ -280,7 +279,7 @@ def test_describe_failure_message_is_one_line(
     body = json.dumps(document).encode()
 
     failure = describe_failure(
-        URL, status, "application/json", body, document, None, CREDENTIALS
+        URL, status, "application/json", body, document, None, SECRETS
     )
 
     assert "\n" not in str(failure) and "\r" not in str(failure)
@@ -290,7 +289,7 @@ def test_describe_failure_bounds_and_redacts_the_content_type() -> None:
     """The content type comes from the server too: bounded and redacted."""
     content_type = f"text/{SECRET}" + "x" * 2000
 
-    error = describe_failure(URL, 400, content_type, b"", None, None, CREDENTIALS)
+    error = describe_failure(URL, 400, content_type, b"", None, None, SECRETS)
 
     assert SECRET not in str(error)
     assert len(str(error)) <= MAX_MESSAGE
@@ -308,7 +307,9 @@ http_bodies = (
 async def fetch_once(server: QuirkServer, request: TokenRequest) -> AccessToken:
     endpoint = TokenEndpoint(server.token_url, timeout=5, allow_http=True)
     try:
-        return await endpoint.fetch(request, CREDENTIALS, datetime.now(UTC))
+        return await endpoint.fetch(
+            request, secret_auth(request.client_auth, CREDENTIALS), datetime.now(UTC)
+        )
     finally:
         await endpoint.aclose()
 

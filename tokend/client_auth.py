@@ -50,6 +50,7 @@ class Authenticator:
     """The base: where the client_id comes from."""
 
     mtls = False
+    reads_secret = False  # does the KV secret hold a client_secret to check?
 
     def __init__(self, config: TokenConfig, vault: VaultSource) -> None:
         self.config = config
@@ -59,7 +60,7 @@ class Authenticator:
         if self.config.client_id is not None:
             return self.config.client_id
         credentials = await self.vault.read_credentials(
-            self.config.credentials or "", fresh=fresh, secret=False
+            self.config.credentials or "", fresh=fresh, secret=self.reads_secret
         )
         return credentials.client_id
 
@@ -73,11 +74,9 @@ class Authenticator:
 
 
 class SecretAuthenticator(Authenticator):
-    async def client_id(self, fresh: bool = False) -> str:
-        credentials = await self.vault.read_credentials(
-            self.config.credentials or "", fresh=fresh
-        )
-        return credentials.client_id
+    """client_secret_basic or client_secret_post, the secret from Vault KV."""
+
+    reads_secret = True
 
     async def prepare(
         self, endpoint: TokenEndpoint, now: float, retry: bool
@@ -276,28 +275,28 @@ class AssertionAuthenticator(Authenticator):
         if skew is None or abs(skew) <= SKEW_TOLERATED:
             self._skew_noted = 0.0
             return 0.0
-        if abs(skew) > SKEW_CORRECTED:
-            if abs(skew - self._skew_noted) > SKEW_TOLERATED:
-                self._skew_noted = skew
+        corrected = abs(skew) <= SKEW_CORRECTED
+        if abs(skew - self._skew_noted) > SKEW_TOLERATED:  # log once per change
+            self._skew_noted = skew
+            side = "behind" if skew > 0 else "ahead of"
+            if corrected:
+                logger.warning(
+                    "this host's clock is %.0fs %s the token server's; dating client "
+                    "assertions by the server's clock token=%s (fix the time sync)",
+                    abs(skew),
+                    side,
+                    self.config.name,
+                )
+            else:
                 logger.error(
                     "this host's clock is %.0fs %s the token server's Date; that is "
                     "more than tokend corrects (%.0fs): fix the time sync token=%s",
                     abs(skew),
-                    "behind" if skew > 0 else "ahead of",
+                    side,
                     SKEW_CORRECTED,
                     self.config.name,
                 )
-            return 0.0
-        if abs(skew - self._skew_noted) > SKEW_TOLERATED:
-            self._skew_noted = skew
-            logger.warning(
-                "this host's clock is %.0fs %s the token server's; dating client "
-                "assertions by the server's clock token=%s (fix the time sync)",
-                abs(skew),
-                "behind" if skew > 0 else "ahead of",
-                self.config.name,
-            )
-        return skew
+        return skew if corrected else 0.0
 
     def status(self) -> dict[str, str | None]:
         return {"key_id": self._key_id}

@@ -266,15 +266,18 @@ class Daemon:
             settings.vault.address,
             settings.vault.auth,
         )
-        keepers = [self._new_keeper(token) for token in loaded.tokens.values()]
+        await self._start_keepers(group, list(loaded.tokens.values()))
+
+    async def _start_keepers(
+        self, group: anyio.abc.TaskGroup, tokens: list[TokenConfig]
+    ) -> None:
+        keepers = [self._new_keeper(token) for token in tokens]
         # Every cached token and state record in one worker thread, not one
-        # (or two) per token: a restart with many tokens is ready sooner.
+        # (or two) per token: a restart, or a reload that restarts every
+        # keeper, is ready sooner.
         await anyio.to_thread.run_sync(_load_caches, keepers)
         for keeper in keepers:
             self._run_keeper(group, keeper)
-
-    def _start_keeper(self, group: anyio.abc.TaskGroup, token: TokenConfig) -> None:
-        self._run_keeper(group, self._new_keeper(token))
 
     def _new_keeper(self, token: TokenConfig) -> TokenKeeper:
         assert self.loaded is not None and self._vault is not None
@@ -503,8 +506,9 @@ class Daemon:
                 self._vault.inherit_login(previous)
             self._vault_scope = anyio.CancelScope()
             group.start_soon(self._keep_vault_login, self._vault, self._vault_scope)
-        for name in diff.changed + diff.added:
-            self._start_keeper(group, new.tokens[name])
+        await self._start_keepers(
+            group, [new.tokens[name] for name in diff.changed + diff.added]
+        )
         await self._endpoints.retain(new.tokens)
         logger.info(
             "reloaded added=%s removed=%s changed=%s unchanged=%d",

@@ -38,14 +38,6 @@ def metadata_urls(issuer: str) -> list[str]:
     return [oidc, rfc8414] if not path else [rfc8414, oidc]
 
 
-async def discover_token_endpoint(
-    session: aiohttp.ClientSession, issuer: str, allow_http: bool
-) -> str:
-    """Return the ``token_endpoint`` the issuer's metadata names."""
-    endpoint, _ = await discover_token_endpoints(session, issuer, allow_http)
-    return endpoint
-
-
 async def discover_token_endpoints(
     session: aiohttp.ClientSession, issuer: str, allow_http: bool
 ) -> tuple[str, str | None]:

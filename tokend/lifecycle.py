@@ -212,10 +212,13 @@ class TokenKeeper:
         if restored is None:
             record = self.store.load(self.name)
             return None, record.generation if record else 0, False
-        as_configured = (restored.path, restored.format) == (
-            self.config.path,
-            self.config.format,
-        ) and self._files_as_configured()
+        # Only a token of the same request is kept: only its files are looked at.
+        as_configured = (
+            restored.same_request
+            and (restored.path, restored.format)
+            == (self.config.path, self.config.format)
+            and self._files_as_configured()
+        )
         return restored, restored.generation, as_configured
 
     def _files_as_configured(self) -> bool:
@@ -355,10 +358,7 @@ class TokenKeeper:
         self._sent_boot = self.clock.boottime()
         sent_at = datetime.fromtimestamp(self.clock.wall(), UTC)
         self.status.requests += 1
-        try:
-            token = await self.endpoint.fetch(self.request, auth, sent_at, url)
-        finally:
-            self.status.auth = self.authenticator.status()
+        token = await self.endpoint.fetch(self.request, auth, sent_at, url)
         return token, auth.client_id
 
     async def _publish(self, current: _Current) -> None:

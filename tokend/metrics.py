@@ -12,7 +12,9 @@ import a megabyte, for a daemon that may never be scraped.
 
 from __future__ import annotations
 
+import bisect
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -64,25 +66,22 @@ class Metrics:
         vault: Callable[[], LoginState | None],
     ) -> None:
         self._keepers, self._vault = keepers, vault
-        self.attempts: dict[tuple[str, str], _Count] = {}
-        self.latency: dict[str, _Latency] = {}
-        self.reloads: dict[str, _Count] = {}
+        self.attempts: defaultdict[tuple[str, str], _Count] = defaultdict(_Count)
+        self.latency: defaultdict[str, _Latency] = defaultdict(_Latency)
+        self.reloads: defaultdict[str, _Count] = defaultdict(_Count)
         self._registry: CollectorRegistry | None = None
 
     def observe(self, token: str, outcome: str, seconds: float) -> None:
-        key = (token, outcome)
-        count = self.attempts.get(key) or self.attempts.setdefault(key, _Count())
-        count.value += 1
-        latency = self.latency.get(token) or self.latency.setdefault(token, _Latency())
-        for index, bound in enumerate(BUCKETS):
-            if seconds <= bound:
-                latency.buckets[index] += 1
-                break
+        self.attempts[token, outcome].value += 1
+        latency = self.latency[token]
+        index = bisect.bisect_left(BUCKETS, seconds)  # the first bound >= seconds
+        if index < len(BUCKETS):
+            latency.buckets[index] += 1
         latency.count += 1
         latency.sum += seconds
 
     def count_reload(self, outcome: str) -> None:
-        self.reloads.setdefault(outcome, _Count()).value += 1
+        self.reloads[outcome].value += 1
 
     def render(self) -> bytes:
         from prometheus_client import CollectorRegistry, generate_latest

@@ -197,21 +197,18 @@ class TokenEndpoint:
     async def fetch(
         self,
         request: TokenRequest,
-        auth: RequestAuth | ClientCredentials,
+        auth: RequestAuth,
         sent_at: datetime,
         url: str | None = None,
     ) -> AccessToken:
         """Request one token; ``sent_at`` anchors its expiry.
 
-        ``auth`` is how the client authenticates; plain credentials mean
-        ``request.client_auth``'s secret method. ``url`` defaults to the
-        endpoint's token URL.
+        ``auth`` is how the client authenticates (see :mod:`tokend.client_auth`);
+        ``url`` defaults to the endpoint's token URL.
 
         Raises:
             TokenEndpointError: a classified failure naming the endpoint.
         """
-        if isinstance(auth, ClientCredentials):
-            auth = secret_auth(request.client_auth, auth)
         url = url or await self.token_url()
         headers = {"Accept": "application/json", **auth.headers}
         session = await self.session()
@@ -262,15 +259,9 @@ class TokenEndpoint:
         )
 
     def _note_skew(self, date: str | None, sent_at: datetime) -> None:
-        if not date:
-            return
-        try:
-            moment = parsedate_to_datetime(date)
-        except (TypeError, ValueError):
-            return
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        self.skew = (moment - sent_at).total_seconds()
+        moment = parse_http_date(date)
+        if moment is not None:
+            self.skew = (moment - sent_at).total_seconds()
 
 
 def read_token_response(
@@ -392,7 +383,7 @@ def describe_failure(
     body: bytes,
     document: Any,
     retry_after: float | None,
-    secrets: ClientCredentials | Sequence[str],
+    secrets: Sequence[str],
 ) -> TokenEndpointError:
     """Classify a failed response into the error that decides what comes next.
 
@@ -400,11 +391,8 @@ def describe_failure(
     the secret raw, form-encoded, and inside the Basic credentials (or the
     client assertion).
     """
-    forms = (
-        _secret_forms(secrets)
-        if isinstance(secrets, ClientCredentials)
-        else sorted(secrets, key=len, reverse=True)
-    )
+    # Longest first, so a form containing another is replaced whole.
+    forms = sorted(secrets, key=len, reverse=True)
     if isinstance(document, dict) and isinstance(document.get("error"), str):
         code = _one_line(_redact(document["error"], forms))[:64]
         described = document.get("error_description")
@@ -464,14 +452,22 @@ def parse_retry_after(value: str | None) -> float | None:
     value = value.strip()
     if value.isdigit():
         return float(value)
-    try:
-        moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    moment = parse_http_date(value)
+    if moment is None:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
 
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
+
+
+def parse_http_date(value: str | None) -> datetime | None:
+    """An HTTP-date (``Date``, ``Retry-After``) as an aware datetime, or None."""
+    if not value:
+        return None
+    try:
+        moment = parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _decode(body: bytes, content_type: str) -> Any:
@@ -492,9 +488,7 @@ def _secret_forms(credentials: ClientCredentials) -> list[str]:
     if not secret:
         return []
     basic = basic_authorization(credentials).removeprefix("Basic ")
-    forms = {secret, quote_plus(secret), quote(secret, safe=""), basic}
-    # Longest first, so a form containing another is replaced whole.
-    return sorted(forms, key=len, reverse=True)
+    return list({secret, quote_plus(secret), quote(secret, safe=""), basic})
 
 
 def _redact(text: str, forms: list[str]) -> str:

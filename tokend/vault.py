@@ -98,7 +98,7 @@ class VaultSource:
             VaultUnavailableError: Vault cannot be reached and nothing is cached.
         """
         try:
-            data = await self._read_kv(path)
+            data = await self.read_secret(path)
         except VaultUnavailableError as exc:
             cached = self._cache.get(path)
             if cached is None or fresh:
@@ -253,10 +253,6 @@ class VaultSource:
         client.session.trust_env = False
         return client
 
-    async def read_secret(self, path: str, missing: str) -> dict[str, Any]:
-        """Return the data of the KV v2 secret at ``path`` (not cached)."""
-        return await self._read_kv(path, missing)
-
     async def transit_key(self, name: str) -> dict[str, Any]:
         """Return Transit's description of key ``name``: type, versions, public keys."""
         path = f"{self.settings.transit_mount}/keys/{name}"
@@ -313,9 +309,13 @@ class VaultSource:
         missing = "create the PKI role or fix client_certificate"
         return await self._call("POST", path, payload, missing)
 
-    async def _read_kv(
+    async def read_secret(
         self, path: str, missing: str = _NO_CREDENTIALS
     ) -> dict[str, Any]:
+        """Return the data of the KV v2 secret at ``path`` (not cached).
+
+        ``missing`` is the advice a 404 gets.
+        """
         mount = self.settings.kv_mount
         where = f"{mount}/data/{path}"
         return await self._call("GET", where, None, missing, ("data", "data"))

@@ -41,7 +41,10 @@ def expand_credential_path(template: str, key: str) -> Path:
 
 def read_secret_file(template: str, key: str) -> str:
     """Return the stripped content of a credential file named by ``vault.KEY``."""
-    path = expand_credential_path(template, key)
+    return _read_credential(expand_credential_path(template, key), key)
+
+
+def _read_credential(path: Path, key: str) -> str:
     try:
         value = path.read_text().strip()
     except FileNotFoundError:
@@ -166,7 +169,7 @@ class Login:
         """Check what the wrapping token wraps, then unwrap it (once)."""
         settings = self.settings
         path = expand_credential_path(settings.secret_id_file or "", "secret_id_file")
-        wrapping = read_secret_file(str(path).replace("%", "%%"), "secret_id_file")
+        wrapping = _read_credential(path, "secret_id_file")
         used = (
             f"vault.secret_id_file: the wrapping token in {path} is not valid: it "
             "was unwrapped already or it expired. tokend unwraps it once, at "

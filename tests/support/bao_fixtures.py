@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.bao_server import BaoServer, ServiceCreds, write_private_file
+from tokend.config import VaultSettings
+from tokend.vault import VaultSource
 
 
 @dataclass(frozen=True)
@@ -119,3 +121,12 @@ def repair_bao_server(server: BaoServer) -> None:
     elif server.is_sealed():
         server.unseal()
     server.enable_approle()
+
+
+def root_vault(bao: BaoServer, directory: Path) -> VaultSource:
+    """tokend's VaultSource logged in with ``bao``'s root token (a 0600 file)."""
+    token_file = directory / "vault-token"
+    write_private_file(token_file, bao.root_token)
+    return VaultSource(
+        VaultSettings(address=bao.address, auth="token", token_file=str(token_file))
+    )
