@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -137,7 +138,9 @@ async def test_failures_keep_the_valid_token_and_back_off(
     server.reply(
         QuirkResponse(status=503, body="<h1>down</h1>", content_type="text/html")
     )
-    harness = make_keeper(server, tmp_path)
+    # Plain backoff: no waiting within the validity left (retry_spread = 0).
+    policy = RefreshSettings(retry_initial=0.2, retry_max=1, retry_spread=0)
+    harness = make_keeper(server, tmp_path, policy)
     keeper = harness.keeper
     async with anyio.create_task_group() as group:
         group.start_soon(keeper.run)
@@ -290,7 +293,9 @@ async def test_no_secret_or_token_reaches_any_log_record(
     harness = make_keeper(
         server,
         tmp_path,
-        RefreshSettings(retry_initial=0.1, retry_max=0.2, retry_slow=0.2),
+        RefreshSettings(
+            retry_initial=0.1, retry_max=0.2, retry_slow=0.2, retry_spread=0
+        ),
     )
     async with anyio.create_task_group() as group:
         group.start_soon(harness.keeper.run)
@@ -335,3 +340,86 @@ async def test_recheck_after_a_jump_refreshes_a_long_sleeping_keeper(
 
     assert time.monotonic() - started < 2
     assert harness.keeper.stalled_for() < 5
+
+
+class LowRandom(random.Random):
+    """Every draw at the low end of its range: the earliest refresh, no jitter."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
+class HighRandom(random.Random):
+    """Every draw at the high end of its range: the longest wait."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def jump(harness: Harness, seconds: float) -> None:
+    """Move both clocks on, as a long sleep would, and make the keeper look."""
+    harness.clock.boot_offset += seconds
+    harness.clock.wall_offset += seconds
+    harness.keeper.recheck()
+
+
+async def test_refreshes_off_schedule_are_followed_by_the_first_window(
+    server: QuirkServer, tmp_path: Path
+) -> None:
+    """A start, an expired token or a forced refresh: next refresh from 5 %.
+
+    A refresh on schedule (the token still valid) is followed by the usual
+    70-80 % window, so a daemon keeps the phase a fleet's first window gave it.
+    """
+    server.reply(token_response(expires_in=100))
+    harness = make_keeper(server, tmp_path, RefreshSettings())
+    keeper = harness.keeper
+    keeper.rng = LowRandom()
+    due: list[float] = []
+
+    async def refreshed(generation: int) -> None:
+        await wait_for(lambda: keeper.status.generation == generation)
+        await wait_for(lambda: keeper.status.state == "fresh")
+        await anyio.sleep(0.05)
+        due.append(keeper.seconds_until_refresh() or 0.0)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(keeper.run)
+        await refreshed(1)  # a start without a cached token
+        jump(harness, 6)
+        await refreshed(2)  # on schedule
+        jump(harness, 200)
+        await refreshed(3)  # the token had expired
+        keeper.refresh_now()
+        await refreshed(4)  # forced
+        jump(harness, 71)
+        await refreshed(5)  # on schedule again
+        group.cancel_scope.cancel()
+    await harness.endpoint.aclose()
+
+    assert [round(d) for d in due] == [5, 70, 5, 5, 70]
+
+
+@pytest.mark.parametrize(("retry_spread", "wait"), [(1.0, 90.0), (0.0, 1.0)])
+async def test_retry_while_the_token_is_valid_waits_within_its_validity(
+    server: QuirkServer, tmp_path: Path, retry_spread: float, wait: float
+) -> None:
+    """The longest retry wait is the validity left less the margin (10 s)."""
+    server.enqueue(token_response(access_token="first-token", expires_in=100))
+    server.reply(error_response(503, "temporarily_unavailable"))
+    policy = RefreshSettings(retry_initial=1, retry_max=4, retry_spread=retry_spread)
+    harness = make_keeper(server, tmp_path, policy)
+    keeper = harness.keeper
+    keeper.rng = HighRandom()
+    async with anyio.create_task_group() as group:
+        group.start_soon(keeper.run)
+        await wait_for(lambda: keeper.status.generation == 1)
+        keeper.refresh_now()
+        await wait_for(lambda: keeper.status.state == "failing")
+        await anyio.sleep(0.05)
+        next_retry = keeper.seconds_until_refresh() or 0.0
+        group.cancel_scope.cancel()
+    await harness.endpoint.aclose()
+
+    assert harness.path.read_text() == "first-token"
+    assert wait - 1 < next_retry <= wait

@@ -18,7 +18,8 @@ def test_oauth_outage_keeps_the_token_and_recovers_within_one_backoff(
     stack.oauth.set_ttl(20)
     stack.write_config(
         {"orders": stack.token_entry("orders")},
-        refresh={"retry_initial": 1.0, "retry_max": 4.0},
+        # Plain backoff: no waiting within the validity left.
+        refresh={"retry_initial": 1.0, "retry_max": 4.0, "retry_spread": 0.0},
     )
     daemon = stack.start()
     daemon.wait_for_log("ready")
@@ -45,6 +46,35 @@ def test_oauth_outage_keeps_the_token_and_recovers_within_one_backoff(
     log = daemon.log()
     # Logged once per change of state, not once per retry.
     assert log.count("WARNING refresh failed token=orders") == 1
+
+
+def test_oauth_outage_retries_within_the_validity_left_and_refreshes_in_time(
+    stack: Stack,
+) -> None:
+    """With the default retry_spread, the catch-up still lands before expiry."""
+    stack.add_service("orders")
+    stack.oauth.set_ttl(24)
+    stack.write_config(
+        {"orders": stack.token_entry("orders")},
+        refresh={"retry_initial": 1.0, "retry_max": 4.0, "margin": 4.0},
+    )
+    daemon = stack.start()
+    daemon.wait_for_log("ready")
+    expires = time.monotonic() + 24
+    valid = stack.read_token("orders")
+    stack.oauth.fail_next(503, count=10_000)
+
+    daemon.wait_for_log("refresh failed token=orders kind=retryable", timeout=25)
+    time.sleep(2)
+    still = stack.read_token("orders")
+    stack.oauth.fail_next(503, count=0)
+    daemon.wait_for_log("token refreshed token=orders", count=2, timeout=25)
+    refreshed_at = time.monotonic()
+
+    assert still == valid
+    assert refreshed_at < expires
+    assert stack.read_token("orders") != valid
+    assert "token expired" not in daemon.log()
 
 
 def reseed(stack: Stack) -> None:

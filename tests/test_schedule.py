@@ -102,13 +102,14 @@ def test_refresh_after_tiny_lifetime_window_ends_at_half(
     ).map(sorted),
     margin=st.floats(min_value=0, max_value=3600),
     seed=st.integers(),
+    first=st.booleans(),
 )
 def test_refresh_after_is_before_expiry_for_any_policy(
-    lifetime: float, shares: list[float], margin: float, seed: int
+    lifetime: float, shares: list[float], margin: float, seed: int, first: bool
 ) -> None:
     policy = RefreshPolicy(min_share=shares[0], max_share=shares[1], margin=margin)
 
-    moment = refresh_after(lifetime, policy, random.Random(seed))
+    moment = refresh_after(lifetime, policy, random.Random(seed), first)
 
     assert 0 < moment <= shares[1] * lifetime
     assert moment <= max(lifetime - margin, lifetime / 2)
@@ -180,6 +181,103 @@ def test_retry_after_waits_slowly_when_a_person_must_act(kind: ErrorKind) -> Non
         assert min(delays) >= 0.8 * POLICY.retry_slow
         assert max(delays) <= POLICY.retry_slow
         assert len(set(delays)) > DRAWS * 0.99
+
+
+def draw_first_refreshes(
+    lifetime: float, policy: RefreshPolicy = POLICY
+) -> list[float]:
+    rng = random.Random(lifetime)
+    return [refresh_after(lifetime, policy, rng, first=True) for _ in range(DRAWS)]
+
+
+@pytest.mark.parametrize("lifetime", [300, 3600, 86400])
+def test_first_refresh_window_spans_a_refresh_period(lifetime: float) -> None:
+    """Tokens obtained together leave the shared 70-80 % tenth in one lifetime."""
+    moments = draw_first_refreshes(lifetime)
+
+    assert min(moments) >= 0.05 * lifetime
+    assert min(moments) < 0.06 * lifetime
+    assert 0.79 * lifetime < max(moments) <= 0.8 * lifetime
+    assert statistics.mean(moments) == pytest.approx(0.425 * lifetime, rel=0.03)
+
+
+def test_first_refresh_window_still_ends_margin_before_expiry() -> None:
+    moments = draw_first_refreshes(30, RefreshPolicy(margin=10))
+
+    assert max(moments) <= 20
+    assert min(moments) >= 0.05 * 30 * 20 / 24
+
+
+@pytest.mark.parametrize(
+    ("first_min_share", "expected_low"), [(0.3, 0.3), (0.7, 0.7), (0.9, 0.7)]
+)
+def test_first_refresh_window_opens_no_later_than_min_share(
+    first_min_share: float, expected_low: float
+) -> None:
+    """``first_min_share = min_share`` turns spreading off; larger acts as it."""
+    moments = draw_first_refreshes(1000, RefreshPolicy(first_min_share=first_min_share))
+
+    assert expected_low * 1000 <= min(moments) < expected_low * 1000 + 5
+
+
+def draw_valid_retries(
+    attempt: int,
+    valid_for: float,
+    policy: RefreshPolicy = POLICY,
+    server_hint: float | None = None,
+) -> list[float]:
+    rng = random.Random(attempt * 1000 + valid_for)
+    return [
+        retry_after("retryable", attempt, policy, rng, server_hint, valid_for)
+        for _ in range(DRAWS)
+    ]
+
+
+@pytest.mark.parametrize("valid_for", [300, 900, 3000])
+def test_retry_while_valid_spreads_over_the_validity_left(valid_for: float) -> None:
+    """A fleet's retries during an outage trickle instead of every retry_max."""
+    usable = valid_for - POLICY.margin
+
+    delays = draw_valid_retries(1, valid_for)
+
+    assert min(delays) >= 0.1
+    assert max(delays) <= usable
+    assert max(delays) > 0.99 * usable
+    assert statistics.mean(delays) == pytest.approx(usable / 2, rel=0.05)
+
+
+@pytest.mark.parametrize("attempt", [1, 4, 12])
+def test_retry_while_valid_never_waits_past_the_margin(attempt: int) -> None:
+    """Backoff longer than the validity left is cut to retry before expiry."""
+    delays = draw_valid_retries(attempt, valid_for=15)
+
+    assert max(delays) <= 15 - POLICY.margin
+    assert min(delays) >= 0.1
+
+
+def test_retry_while_valid_keeps_the_backoff_as_floor() -> None:
+    delays = draw_valid_retries(8, valid_for=130, policy=RefreshPolicy(retry_spread=0))
+
+    assert max(delays) <= 120
+    assert statistics.mean(delays) == pytest.approx(60, rel=0.1)
+
+
+@pytest.mark.parametrize("valid_for", [None, 10, 5, -20])
+def test_retry_without_validity_beyond_margin_is_plain_backoff(
+    valid_for: float | None,
+) -> None:
+    """An expired or nearly expired token: retry as fast as backoff allows."""
+    delays = draw_valid_retries(3, valid_for) if valid_for else draw_retries(3)
+
+    assert max(delays) <= 4
+    assert statistics.mean(delays) == pytest.approx(2, rel=0.1)
+
+
+def test_retry_while_valid_honours_server_retry_after() -> None:
+    delays = draw_valid_retries(1, valid_for=20, server_hint=60)
+
+    assert min(delays) >= 60
+    assert max(delays) <= 120
 
 
 @dataclass

@@ -212,6 +212,11 @@ class RefreshSettings(Section):
 
     min_share: Annotated[float, Field(gt=0, lt=1)] = 0.7
     max_share: Annotated[float, Field(gt=0, lt=1)] = 0.8
+    # The window for a token obtained off schedule (see schedule.refresh_after);
+    # a larger value than min_share acts as min_share.
+    first_min_share: Annotated[float, Field(gt=0, lt=1)] = 0.05
+    # Share of the remaining validity a retry may wait (see schedule.retry_after).
+    retry_spread: Annotated[float, Field(ge=0, le=1)] = 1.0
     margin: Annotated[float, Field(ge=0, le=3600)] = 10.0
     retry_initial: Annotated[float, Field(gt=0, le=600)] = 1.0
     retry_max: Annotated[float, Field(gt=0, le=3600)] = 120.0

@@ -115,6 +115,11 @@ class TokenKeeper:
         self._forced = False
         self._sleeping = False
         self._attempt = 0
+        # True until a token is obtained or reused on schedule. The next
+        # refresh after a start without a usable cached token, a changed
+        # request, a forced refresh, or any refresh that found no valid token
+        # is drawn from the wider first window (schedule.refresh_after).
+        self._off_schedule = True
         self._sent_boot = 0.0
         self.heartbeat = self.clock.boottime()
         self.log = TokenLog(logger, self.config.name)
@@ -131,6 +136,7 @@ class TokenKeeper:
     def refresh_now(self) -> None:
         """Ask the keeper to refresh at once (e.g. ``tokend refresh NAME``)."""
         self._forced = True
+        self._off_schedule = True
         self._wake.set()
 
     def recheck(self) -> None:
@@ -186,6 +192,7 @@ class TokenKeeper:
             )
             return now
         self._adopt(current)
+        self._off_schedule = False
         self.settled.set()
         self.log.info(
             "cached token reused token=%s file=%s expires_at=%s",
@@ -277,17 +284,21 @@ class TokenKeeper:
         """Refresh once; return when to try again (success or failure)."""
         self.status.state = "refreshing"
         started = self.clock.boottime()
+        bridged = self._is_valid()  # a valid token covers the services meanwhile
         try:
             current = await self._refresh()
         except TokendError as exc:
             self._attempt_ended(exc.kind, started)
             self._attempt += 1
+            previous = self._current
+            valid_for = previous.expiry.remaining(self.clock) if previous else None
             delay = retry_after(
                 exc.kind,
                 self._attempt,
                 self.policy,
                 self.rng,
                 getattr(exc, "retry_after", None),
+                valid_for,
             )
             await self._record_failure(exc, delay)
             self.settled.set()
@@ -296,8 +307,10 @@ class TokenKeeper:
         self._adopt(current)
         self._attempt_ended("ok", started)
         self.settled.set()
+        first = self._off_schedule or not bridged
+        self._off_schedule = False
 
-        return self._refresh_deadline(current.token)
+        return self._refresh_deadline(current.token, first)
 
     async def _refresh(self) -> _Current:
         try:
@@ -462,10 +475,10 @@ class TokenKeeper:
         current = self._current
         return current is not None and current.expiry.remaining(self.clock) > 0
 
-    def _refresh_deadline(self, token: AccessToken) -> Deadline:
+    def _refresh_deadline(self, token: AccessToken, first: bool = False) -> Deadline:
         assert self._current is not None
         lifetime = token.lifetime
-        delay = refresh_after(lifetime, self.policy, self.rng)
+        delay = refresh_after(lifetime, self.policy, self.rng, first)
         age = lifetime - self._current.expiry.remaining(self.clock)
         due = Deadline.after(self.clock, max(0.0, delay - age))
         self.status.next_refresh = format_time(datetime.fromtimestamp(due.wall, UTC))

@@ -20,15 +20,26 @@ from tokend.errors import ErrorKind
 WAKE_SLICE = 20.0
 
 
-def refresh_after(lifetime: float, policy: RefreshPolicy, rng: random.Random) -> float:
+def refresh_after(
+    lifetime: float, policy: RefreshPolicy, rng: random.Random, first: bool = False
+) -> float:
     """Return how many seconds after issue a token should be refreshed.
 
     The moment is drawn uniformly between ``min_share`` and ``max_share`` of
     the lifetime, so that many tokens issued together spread out. If that
     window ends later than ``margin`` before expiry, it is scaled down to end
     there, but never below half the lifetime.
+
+    ``first`` is for a token that was not obtained on schedule (a start with
+    no cached token, the end of a failure streak, a forced or changed
+    request): its window opens at ``first_min_share`` instead. Daemons that
+    all got their tokens at the same instant (a fleet rebooted, a server back
+    from an outage) would otherwise stay in step, refreshing within the same
+    tenth of every lifetime; a window about one refresh period wide scatters
+    their phases in a single lifetime.
     """
-    start, end = policy.min_share * lifetime, policy.max_share * lifetime
+    low = min(policy.first_min_share, policy.min_share) if first else policy.min_share
+    start, end = low * lifetime, policy.max_share * lifetime
     latest = max(lifetime - policy.margin, lifetime / 2)
     if end > latest:
         scale = latest / end
@@ -43,18 +54,31 @@ def retry_after(
     policy: RefreshPolicy,
     rng: random.Random,
     server_hint: float | None = None,
+    valid_for: float | None = None,
 ) -> float:
     """Return the seconds to wait before retry number ``attempt`` (from 1).
 
     Retryable failures back off exponentially with full jitter; the server's
     ``Retry-After`` is honoured but capped at ``retry_max``. Credential and
     persistent failures wait about ``retry_slow``: a person has to act first.
+
+    ``valid_for`` is how long the published token stays valid. While it does,
+    a retryable failure may also wait a uniform share (up to
+    ``retry_spread``) of that time less the margin: the services lose
+    nothing, and a fleet whose server is down sends a trickle instead of a
+    retry per token every ``retry_max``, then spreads its catch-up over the
+    validity its tokens have left instead of arriving all at once. As the
+    token nears its expiry the waits shrink with it, and none but a server's
+    ``Retry-After`` waits past the margin before expiry.
     """
     if kind != "retryable":
         return policy.retry_slow * rng.uniform(0.8, 1.0)
 
     ceiling = min(policy.retry_max, policy.retry_initial * 2.0 ** min(attempt - 1, 30))
     delay = max(min(0.1, ceiling), rng.uniform(0, ceiling))
+    if valid_for is not None and valid_for > policy.margin:
+        usable = valid_for - policy.margin
+        delay = min(max(delay, rng.uniform(0, policy.retry_spread) * usable), usable)
     if server_hint is not None:
         delay = max(delay, min(server_hint, policy.retry_max))
 

@@ -1,23 +1,20 @@
 """A fleet of daemons on virtual time: the load its schedule puts on the OAuth server.
 
 10,000 daemons x 5 tokens, every token driven by tokend's own
-:func:`tokend.schedule.refresh_after` and :func:`tokend.schedule.retry_after`
-with the default ``[refresh]`` settings, in a heap-ordered event simulation
-over 24 h. Every daemon starts at the same instant with no cached token (a
-fleet-wide reboot: ``/run`` is tmpfs). A request takes no time; during an
-outage every request fails as a retryable error (connection refused, no
-``Retry-After``), as tokend's keeper classifies it.
+:func:`tokend.schedule.refresh_after` and :func:`tokend.schedule.retry_after`,
+called as :class:`tokend.lifecycle.Keeper` calls them: a token obtained off
+schedule (at a start with no cached token, or after its token expired) is
+refreshed from the wider first window, and a retry passes the validity the published
+token has left. A heap-ordered event simulation runs 24 h. Every daemon
+starts at the same instant with no cached token (a fleet-wide reboot:
+``/run`` is tmpfs). A request takes no time; during an outage every request
+fails as a retryable error (connection refused, no ``Retry-After``), as the
+keeper classifies it.
 
-Alongside the real schedule it runs two candidate fixes, each a copy of a
-function of :mod:`tokend.schedule` with one optional parameter added (with
-the parameter unset each copy calls tokend's function unchanged):
-
-- ``spread_first``: a token's first refresh after a daemon start, or after a
-  streak of failures, is drawn from a window as wide as a refresh period
-  (``first_min_share`` to ``max_share`` of the lifetime) instead of 70-80 %;
-- ``spread_retries``: while the published token is still valid, a retry may
-  wait up to its remaining validity (less the margin), instead
-  of at most ``retry_max`` (the exponential backoff stays the floor).
+Scenarios with tokend's default ``[refresh]`` settings carry ``"default":
+true``; the others change only settings (``first_min_share = min_share`` and
+``retry_spread = 0`` give the schedule tokend had before it spread first
+refreshes and retries).
 
     python -m tests.benchmarks.fleet [--daemons 10000] [--hours 24]
 
@@ -38,7 +35,6 @@ from typing import Any
 
 from tests.benchmarks.measure import RESULTS, machine, say, write_result
 from tokend.config import RefreshSettings
-from tokend.errors import ErrorKind
 from tokend.schedule import refresh_after, retry_after
 
 LIFETIME = 3600.0
@@ -48,50 +44,8 @@ OUTAGE_SECONDS = 15 * 60.0
 BIN = 60  # seconds per bin of the rates compared with the targets
 PEAK_TARGET = 1.25
 RECOVERY_TARGET = 2.0
-FIRST_MIN_SHARE = 0.05
-RETRY_SPREAD = 1.0
-
-
-def refresh_after_spread(
-    lifetime: float,
-    policy: RefreshSettings,
-    rng: random.Random,
-    first_min_share: float | None = None,
-) -> float:
-    """:func:`refresh_after`, with a wider window for an unscheduled token.
-
-    ``first_min_share`` set: draw from ``first_min_share`` to ``max_share`` of
-    the lifetime (the end scaled to the margin as ``refresh_after`` does).
-    """
-    if first_min_share is None:
-        return refresh_after(lifetime, policy, rng)
-    latest = max(lifetime - policy.margin, lifetime / 2)
-    end = min(policy.max_share * lifetime, latest)
-
-    return rng.uniform(min(first_min_share * lifetime, end), end)
-
-
-def retry_after_spread(
-    kind: ErrorKind,
-    attempt: int,
-    policy: RefreshSettings,
-    rng: random.Random,
-    server_hint: float | None = None,
-    valid_for: float | None = None,
-    spread: float = RETRY_SPREAD,
-) -> float:
-    """:func:`retry_after`, letting a still-valid token's retry wait longer.
-
-    ``valid_for`` set (seconds the published token stays valid): the delay is
-    at least a uniform draw from 0 to ``spread`` x ``valid_for`` less the
-    margin, so the retries of a long outage spread over the time the tokens
-    have left instead of all landing within ``retry_max`` of its end.
-    """
-    delay = retry_after(kind, attempt, policy, rng, server_hint)
-    if valid_for is None or kind != "retryable":
-        return delay
-
-    return max(delay, rng.uniform(0, spread) * (valid_for - policy.margin))
+# The schedule before first refreshes and retries were spread.
+UNSPREAD = {"first_min_share": 0.7, "retry_spread": 0.0}
 
 
 @dataclass(frozen=True)
@@ -99,9 +53,8 @@ class Scenario:
     name: str
     label: str
     outage: bool
-    first_min_share: float | None = None
-    spread_retries: bool = False
     policy: RefreshSettings = field(default_factory=RefreshSettings)
+    default: bool = False
 
 
 @dataclass
@@ -126,7 +79,7 @@ def simulate(scenario: Scenario, tokens: int, horizon: float, seed: int) -> Outc
     outcome = Outcome([0] * size, [0] * size)
     attempts = [0] * tokens
     expiry = [0.0] * tokens  # 0: never had a token (start-up)
-    fresh_start = [True] * tokens
+    off_schedule = [True] * tokens
     down_from = OUTAGE_START if scenario.outage else horizon + 1
     down_until = down_from + OUTAGE_SECONDS
     due: list[tuple[float, int]] = [(0.0, token) for token in range(tokens)]
@@ -141,10 +94,8 @@ def simulate(scenario: Scenario, tokens: int, horizon: float, seed: int) -> Outc
         if down_from <= now < down_until:
             failed_per_second[int(now)] += 1
             attempts[token] += 1
-            valid_for = expiry[token] - now if expiry[token] > now else None
-            if not scenario.spread_retries:
-                valid_for = None
-            delay = retry_after_spread(
+            valid_for = expiry[token] - now if expiry[token] else None
+            delay = retry_after(
                 "retryable", attempts[token], policy, rng, None, valid_for
             )
             push(due, (now + delay, token))
@@ -152,12 +103,11 @@ def simulate(scenario: Scenario, tokens: int, horizon: float, seed: int) -> Outc
         if expiry[token] and now > expiry[token]:
             outcome.expired_tokens += 1
             outcome.expired_token_seconds += now - expiry[token]
-        unscheduled = fresh_start[token] or attempts[token] > 0
-        first = scenario.first_min_share if unscheduled else None
+        first = off_schedule[token] or now > expiry[token]
         attempts[token] = 0
-        fresh_start[token] = False
+        off_schedule[token] = False
         expiry[token] = now + LIFETIME
-        push(due, (now + refresh_after_spread(LIFETIME, policy, rng, first), token))
+        push(due, (now + refresh_after(LIFETIME, policy, rng, first), token))
     outcome.requests = sum(per_second)
     outcome.failed = sum(failed_per_second)
     outcome.seconds = time.monotonic() - started
@@ -188,6 +138,8 @@ def describe(scenario: Scenario, outcome: Outcome, horizon: float) -> dict[str, 
     after_first = rate_between(rates, LIFETIME, horizon)
     figures: dict[str, Any] = {
         "label": scenario.label,
+        "default": scenario.default,
+        "refresh_settings": scenario.policy.model_dump(),
         "requests": outcome.requests,
         "failed_requests": outcome.failed,
         "startup_peak_rps_1s": max(rates[:10]),
@@ -231,41 +183,33 @@ def describe(scenario: Scenario, outcome: Outcome, horizon: float) -> dict[str, 
 
 
 SCENARIOS = [
-    Scenario("current", "tokend's schedule, no outage", outage=False),
-    Scenario("current_outage", "tokend's schedule, 15-min outage", outage=True),
+    Scenario("current", "tokend's default schedule, no outage", False, default=True),
     Scenario(
-        "spread_first",
-        f"first refresh from {FIRST_MIN_SHARE:.0%}-80%, no outage",
-        outage=False,
-        first_min_share=FIRST_MIN_SHARE,
+        "current_outage", "tokend's default schedule, 15-min outage", True, default=True
     ),
     Scenario(
-        "spread_first_outage",
-        f"first refresh from {FIRST_MIN_SHARE:.0%}-80%, 15-min outage",
-        outage=True,
-        first_min_share=FIRST_MIN_SHARE,
+        "unspread",
+        "first refreshes and retries not spread, no outage",
+        False,
+        RefreshSettings(**UNSPREAD),
     ),
     Scenario(
-        "retry_max_600_outage",
-        "first refresh spread + retry_max = 600 s (config only), outage",
-        outage=True,
-        first_min_share=FIRST_MIN_SHARE,
-        policy=RefreshSettings(retry_max=600),
+        "unspread_outage",
+        "first refreshes and retries not spread, 15-min outage",
+        True,
+        RefreshSettings(**UNSPREAD),
     ),
     Scenario(
-        "spread_both_outage",
-        "first refresh spread + retries within the validity left, outage",
-        outage=True,
-        first_min_share=FIRST_MIN_SHARE,
-        spread_retries=True,
+        "early_outage",
+        "refresh at 50-60 % (min_share, max_share), 15-min outage",
+        True,
+        RefreshSettings(min_share=0.5, max_share=0.6),
     ),
     Scenario(
-        "spread_both_early_outage",
-        "as above + refresh at 50-60 % (config), outage",
-        outage=True,
-        first_min_share=FIRST_MIN_SHARE,
-        spread_retries=True,
-        policy=RefreshSettings(min_share=0.5, max_share=0.6),
+        "retry_half_outage",
+        "retry_spread = 0.5, 15-min outage",
+        True,
+        RefreshSettings(retry_spread=0.5),
     ),
 ]
 
@@ -279,7 +223,7 @@ def plot(results: dict[str, Outcome], horizon: float) -> list[str]:
 
     hours = [i * BIN / 3600 for i in range(int(horizon) // BIN)]
     figure, axes = plt.subplots(figsize=(10, 4.5))
-    for name, colour in (("current", "tab:red"), ("spread_first", "tab:blue")):
+    for name, colour in (("unspread", "tab:red"), ("current", "tab:blue")):
         rates = binned(results[name].per_second, BIN)[: len(hours)]
         label = next(s.label for s in SCENARIOS if s.name == name)
         axes.plot(hours, rates, color=colour, linewidth=0.8, label=label)
@@ -300,17 +244,17 @@ def plot(results: dict[str, Outcome], horizon: float) -> list[str]:
     figure, axes = plt.subplots(figsize=(10, 4.5))
     start, end = OUTAGE_START - 1800, OUTAGE_START + 3 * 3600
     for name, colour in (
-        ("spread_first_outage", "tab:red"),
-        ("retry_max_600_outage", "tab:orange"),
-        ("spread_both_outage", "tab:blue"),
-        ("spread_both_early_outage", "tab:green"),
+        ("unspread_outage", "tab:red"),
+        ("retry_half_outage", "tab:orange"),
+        ("current_outage", "tab:blue"),
+        ("early_outage", "tab:green"),
     ):
         rates = binned(results[name].per_second[int(start) : int(end)], BIN)
         xs = [(start + i * BIN - OUTAGE_START) / 60 for i in range(len(rates))]
         label = next(s.label for s in SCENARIOS if s.name == name)
         axes.plot(xs, rates, color=colour, linewidth=0.9, label=label)
     steady = rate_between(
-        results["spread_first_outage"].per_second, OUTAGE_START - 3600, OUTAGE_START
+        results["current_outage"].per_second, OUTAGE_START - 3600, OUTAGE_START
     )
     axes.axhline(steady * RECOVERY_TARGET, color="grey", linestyle="--", linewidth=0.8)
     axes.text(-29, steady * RECOVERY_TARGET * 1.05, "2 x steady (target)", color="grey")
@@ -318,7 +262,7 @@ def plot(results: dict[str, Outcome], horizon: float) -> list[str]:
     axes.set_yscale("log")
     axes.set_xlabel("minutes since the OAuth server went down")
     axes.set_ylabel(f"token requests per second ({BIN}-s bins)")
-    axes.set_title("A 15-minute outage at 12:00, fleet phases already spread")
+    axes.set_title("A 15-minute outage at 12:00")
     axes.legend(loc="upper right", fontsize="small")
     figure.tight_layout()
     names.append("fleet_outage.png")
@@ -373,8 +317,6 @@ def main() -> None:
                 "outage": f"{OUTAGE_SECONDS / 60:g} min from "
                 f"{OUTAGE_START / 3600:g} h, every request fails retryable",
                 "bin_seconds": BIN,
-                "first_min_share": FIRST_MIN_SHARE,
-                "retry_spread": RETRY_SPREAD,
                 "seed": args.seed,
             },
             "targets": {
