@@ -58,14 +58,18 @@ def fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, int):
-        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+        return f"{value:,}"
     if isinstance(value, float):
         if value == 0 or not math.isfinite(value):
             return f"{value:g}"
         places = max(0, digits - 1 - math.floor(math.log10(abs(value))))
-        text = f"{value:,.{places}f}" if abs(value) >= 10_000 else f"{value:.{places}f}"
+        text = f"{value:,.{places}f}"
         return text.rstrip("0").rstrip(".") if "." in text else text
     return str(value)
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
 def table(header: Iterable[str], rows: Iterable[Row]) -> str:
@@ -126,13 +130,15 @@ def judge(summary: dict[str, Any], target: float) -> str:
 def judge_one(value: Any, target: float, strict: bool = False) -> str:
     if not isinstance(value, (int, float)):
         return "-"
+    if strict and value == target:
+        return "**missed** (equal)"
     met = value < target if strict else value <= target
     return "met" if met else "**missed**"
 
 
-def runs_of(summary: dict[str, Any], what: str = "runs") -> str:
+def runs_of(summary: dict[str, Any], what: str = "run") -> str:
     count = len(summary.get("runs", [])) if summary else 0
-    return f"{count} {what}" if count else "-"
+    return plural(count, what) if count else "-"
 
 
 def share_of_spread(summary: dict[str, Any]) -> str:
@@ -228,11 +234,12 @@ def wakeup_text(wakes: dict[str, float]) -> str:
     if not wakes:
         return "-"
     busiest = sorted(wakes.items(), key=lambda item: -item[1])
-    total = sum(wakes.values())
-    return (
-        ", ".join(f"{name} {fmt(rate)}" for name, rate in busiest)
-        + f" (total {fmt(total)} per second)"
-    )
+    awake = [(name, rate) for name, rate in busiest if rate]
+    quiet = len(busiest) - len(awake)
+    text = ", ".join(f"{name} {fmt(rate)}" for name, rate in awake) or "none"
+    if quiet:
+        text += f"; {plural(quiet, 'other thread')} at 0"
+    return text + f" (total {fmt(sum(wakes.values()))} per second)"
 
 
 def many_section(many: dict[str, Any]) -> str:
@@ -289,14 +296,15 @@ def restart_section(many: dict[str, Any]) -> str:
     if not restarts:
         return "Not in this run: `docs/performance/many_tokens.json` has no restarts.\n"
     runs = len(many.get("cold_runs", []))
-    each = (
-        f"{len(restarts) // runs} after each of the {runs} cold runs"
-        if runs and len(restarts) % runs == 0
-        else "after the cold runs"
-    )
+    if runs == 1:
+        each = "after the cold run"
+    elif runs and len(restarts) % runs == 0:
+        each = f"{len(restarts) // runs} after each of the {runs} cold runs"
+    else:
+        each = "after the cold runs"
     text = (
-        f"{len(restarts)} restarts, {each}, over the files the cold run left, "
-        "every cached token still valid.\n\n"
+        f"{plural(len(restarts), 'restart')}, {each}, over the files the cold run "
+        "left, every cached token still valid.\n\n"
         + run_table(restarts, RESTART_COLUMNS, "restart")
     )
     extra = extra_table(
@@ -735,7 +743,7 @@ def overview(
             f"restart, {tokens} cached tokens: READY=1",
             f"<= {fmt(target)} s",
             with_range(restart, "s"),
-            runs_of(restart, "restarts"),
+            runs_of(restart, "restart"),
             judge(restart, target),
         )
     )
@@ -747,7 +755,7 @@ def overview(
             f"restart, {tokens} cached tokens: token requests",
             fmt(target),
             f"{fmt(most)} (most of any restart)" if most is not None else "-",
-            runs_of(requests, "restarts"),
+            runs_of(requests, "restart"),
             judge_one(most, target),
         )
     )
@@ -841,7 +849,7 @@ def read_section(read: dict[str, Any], settings: dict[str, Any]) -> str:
         if isinstance(data, dict)
     ]
     runs = max((len(d.get("ratio_runs", [])) for d in read.values()), default=0)
-    how = f"run {runs} times" if runs else "run"
+    how = (f"run {runs} times" if runs > 1 else "run once") if runs else "run"
     if settings.get("repeat") and settings.get("number"):
         how += (
             f"; each run keeps its best of {settings['repeat']} x "
