@@ -660,8 +660,8 @@ def profile_section(profile: dict[str, Any], many: dict[str, Any]) -> str:
         layer, leaf = top(layers), top(leaves)
         if layer:
             dominant.append(
-                f"{title}: {layer[0]} ({fmt(layer[1])} %)"
-                + (f", function {leaf[0]} ({fmt(leaf[1])} %)" if leaf else "")
+                f"{title}: {layer[0]} at {fmt(layer[1])} % of busy samples"
+                + (f", top function {leaf[0]} at {fmt(leaf[1])} %" if leaf else "")
             )
         parts.append(
             f"**{title}** ({'; '.join(facts)}):\n\n"
