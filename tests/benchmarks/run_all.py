@@ -42,11 +42,11 @@ def run(module: str, *args: str) -> str:
     return done.stdout
 
 
-def read_path(runs: int, quick: bool) -> dict[str, Any]:
+def read_path(runs: int, number: int, repeat: int) -> dict[str, Any]:
     """tokend.client's read path, or why it is missing."""
     if not (ROOT / "tests" / "benchmarks" / "read_path.py").exists():
         return {"pending": "tests/benchmarks/read_path.py is not there yet"}
-    extra = ["--number", "2000", "--repeat", "3"] if quick else []
+    extra = ["--number", str(number), "--repeat", str(repeat)]
     per_label: dict[str, list[dict[str, float]]] = {}
     for _ in range(runs):
         for line in run("tests.benchmarks.read_path", *extra).splitlines():
@@ -65,6 +65,19 @@ def read_path(runs: int, quick: bool) -> dict[str, Any]:
     }
 
 
+def commit() -> str:
+    """The commit measured, ``-dirty`` if the working tree differs from it."""
+    done = subprocess.run(
+        ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() or "unknown"
+
+
 def outage_text() -> str:
     return run("tests.benchmarks.outage", "--minutes", "15").strip()
 
@@ -74,6 +87,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     started = time.monotonic()
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    measured = commit()
     steps: dict[str, float] = {}
 
     def step(name: str, *command: str) -> None:
@@ -86,7 +101,12 @@ def main() -> None:
     step("fleet", "tests.benchmarks.fleet", *(["--daemons", "500"] if quick else []))
     say("== read_path")
     began = time.monotonic()
-    read = read_path(1 if quick else 3, quick)
+    read_settings = {
+        "runs": 1 if quick else 3,
+        "number": 2000 if quick else 20_000,
+        "repeat": 3 if quick else 7,
+    }
+    read = read_path(**read_settings)
     outage = outage_text()
     steps["read_path"] = round(time.monotonic() - began, 1)
     step("imports", "tests.benchmarks.imports", *(["--runs", "2"] if quick else []))
@@ -99,7 +119,10 @@ def main() -> None:
             "benchmark": "bench",
             "machine": machine(),
             "quick": quick,
+            "commit": measured,
+            "started_at": started_at,
             "read_path": read,
+            "read_path_settings": read_settings,
             "outage_script": outage,
             "step_seconds": steps,
             "total_seconds": round(time.monotonic() - started, 1),
