@@ -22,7 +22,12 @@ import anyio.to_thread
 
 from tokend.client_auth import make_authenticator
 from tokend.config import RefreshSettings, TokenConfig
-from tokend.errors import EndpointUnavailableError, InvalidClientError, TokendError
+from tokend.errors import (
+    EndpointUnavailableError,
+    FileSinkError,
+    InvalidClientError,
+    TokendError,
+)
 from tokend.files import (
     describe_metadata,
     remove_file,
@@ -290,8 +295,14 @@ class TokenKeeper:
         except TokendError as exc:
             self._attempt_ended(exc.kind, started)
             self._attempt += 1
+            # Waiting within the validity spares a failing server; a failing
+            # disk here is not helped by it, so retry that at backoff pace.
             previous = self._current
-            valid_for = previous.expiry.remaining(self.clock) if previous else None
+            valid_for = (
+                previous.expiry.remaining(self.clock)
+                if previous and not isinstance(exc, FileSinkError)
+                else None
+            )
             delay = retry_after(
                 exc.kind,
                 self._attempt,
