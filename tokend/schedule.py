@@ -31,8 +31,8 @@ def refresh_after(
     there, but never below half the lifetime.
 
     ``first`` is for a token that was not obtained on schedule (a start with
-    no cached token, the end of a failure streak, a forced or changed
-    request): its window opens at ``first_min_share`` instead. Daemons that
+    no cached token, a token that expired before it was replaced, a forced
+    or changed request): its window opens at ``first_min_share`` instead. Daemons that
     all got their tokens at the same instant (a fleet rebooted, a server back
     from an outage) would otherwise stay in step, refreshing within the same
     tenth of every lifetime; a window about one refresh period wide scatters
