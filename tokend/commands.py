@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import anyio
 import anyio.to_thread
 
@@ -321,6 +320,8 @@ def refresh_token(path: Path, args: argparse.Namespace) -> int:
 def _ask_daemon(
     path: Path, args: argparse.Namespace, method: str, route: str
 ) -> tuple[int, dict[str, Any]] | None:
+    import aiohttp  # only the client commands need it
+
     socket_path = _socket_path(path, args)
 
     async def ask() -> tuple[int, dict[str, Any]]:
