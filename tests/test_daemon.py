@@ -22,8 +22,8 @@ directory = "{directory}"
 credentials = "tokend/orders"
 audience = "https://orders.example.test"
 """
-# Loaded by the first token request, Vault login or client certificate.
-DEFERRED = ("aiohttp", "hvac", "requests", "cryptography.x509")
+# Loaded by the first token request or Vault login, or for private_key_jwt.
+DEFERRED = ("aiohttp", "hvac", "requests", "cryptography")
 
 
 def test_daemon_and_config_load_without_http_and_vault_clients(

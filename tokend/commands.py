@@ -17,7 +17,7 @@ from urllib.parse import quote
 import anyio
 import anyio.to_thread
 
-from tokend.client_auth import make_authenticator, make_signer
+from tokend.client_auth import make_authenticator
 from tokend.config import FilesDefaults, TokenConfig
 from tokend.config_files import LoadedConfig, load_config
 from tokend.control import REFRESH_WAIT
@@ -232,6 +232,8 @@ def print_jwks(path: Path, args: argparse.Namespace) -> int:
         return EXIT_INVALID
     if _spends_wrapping_token(loaded, f"jwks {args.name}"):
         return EXIT_INVALID
+
+    from tokend.client_assertion import make_signer
 
     async def read() -> list[dict[str, str]]:
         vault = VaultSource(loaded.settings.vault)

@@ -25,7 +25,6 @@ import anyio
 import anyio.to_thread
 from pydantic import SecretStr
 
-from tokend import signing
 from tokend.config import VaultSettings
 from tokend.errors import (
     CredentialsError,
@@ -325,6 +324,8 @@ class VaultSource:
             "marshaling_algorithm": "jws",
             **options,
         }
+        from tokend import signing  # loads cryptography: private_key_jwt only
+
         answer = await self._call("POST", path, payload, _NO_KEY)
         for warning in answer.get("warnings") or []:
             # A parameter Vault ignored (salt_length, say) makes a signature
