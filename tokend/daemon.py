@@ -22,6 +22,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from tokend import __version__, schedule, systemd
+from tokend.batches import Batches
 from tokend.config import TokenConfig
 from tokend.config_files import LoadedConfig, load_config
 from tokend.control import ControlServer, ControlState
@@ -194,6 +195,8 @@ class Daemon:
         # One generator for every keeper's jitter: a Random of its own costs
         # each keeper 2.5 KB of state and a seed from os.urandom.
         self._rng = random.Random()
+        # Every keeper's file writes, a batch per worker call.
+        self._batches = Batches()
         self._vault: VaultSource | None = None
         self._workspace: Workspace | None = None
         self.loaded_at: str | None = None
@@ -299,6 +302,7 @@ class Daemon:
             rng=self._rng,
             observer=self.metrics.observe,
             wake_slice=KEEPER_WAKE_SLICE,
+            batches=self._batches,
         )
 
     def _run_keeper(self, group: anyio.abc.TaskGroup, keeper: TokenKeeper) -> None:
