@@ -32,7 +32,7 @@ from tests.support.bao_fixtures import root_vault
 from tests.support.bao_server import BaoServer
 from tests.support.oauth_server import OAuthServer
 from tests.support.stack import Stack, TomlValue, tokend_environment
-from tokend.client_auth import AssertionAuthenticator, make_signer
+from tokend.client_assertion import AssertionAuthenticator, make_signer
 from tokend.config import TokenConfig
 from tokend.errors import InvalidClientError, VaultUnavailableError
 from tokend.lifecycle import build_request

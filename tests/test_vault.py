@@ -267,3 +267,61 @@ async def test_many_tokens_at_once_log_in_only_once(
         await source.aclose()
 
     assert source.state.logins == 1
+
+
+async def test_read_ahead_serves_planned_credentials_once(
+    bao: BaoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read ahead secrets need no read of their own; a missing one reports 404."""
+    prefix = f"tokend/ahead-{secrets.token_hex(3)}"
+    paths = [f"{prefix}-{index}" for index in range(3)]
+    for index, path in enumerate(paths):
+        bao.write_secret(path, {"client_id": f"svc-{index}", "client_secret": "s"})
+    missing = f"{prefix}-missing"
+    token_file = tmp_path / "token"
+    token_file.write_text(bao.root_token)
+    source = VaultSource(
+        VaultSettings(address=bao.address, auth="token", token_file=str(token_file))
+    )
+    own_reads: list[str] = []
+    read_secret = source.read_secret
+
+    async def counted(path: str, *args: str) -> dict[str, object]:
+        own_reads.append(path)
+        return await read_secret(path, *args)
+
+    monkeypatch.setattr(source, "read_secret", counted)
+    try:
+        await source.read_ahead(source.plan_read_ahead([*paths, missing]))
+        found = [await source.read_credentials(path) for path in paths]
+        with pytest.raises(CredentialsError, match="404") as caught:
+            await source.read_credentials(missing)
+        again = await source.read_credentials(paths[0])
+    finally:
+        await source.aclose()
+
+    assert [credentials.client_id for credentials in found] == [
+        "svc-0",
+        "svc-1",
+        "svc-2",
+    ]
+    assert missing in str(caught.value)
+    # Claimed once: a second read (another token, a reload) asks Vault.
+    assert own_reads == [missing, paths[0]] and again.client_id == "svc-0"
+
+
+async def test_read_ahead_stops_when_vault_fails(
+    bao: BaoServer, approle_files: WriteAppRoleFiles
+) -> None:
+    """A sealed Vault ends the read-ahead; the token's own read says why."""
+    creds = bao.seed_service(f"v-{secrets.token_hex(3)}", "svc", "s")
+    source = VaultSource(approle_settings(bao, approle_files(creds)))
+    try:
+        await source.login()
+        bao.seal()
+        await source.read_ahead(source.plan_read_ahead([creds.kv_path]))
+        with pytest.raises(VaultUnavailableError, match="sealed"):
+            await source.read_credentials(creds.kv_path)
+    finally:
+        bao.unseal()
+        await source.aclose()

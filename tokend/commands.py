@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import anyio
 import anyio.to_thread
 
-from tokend.client_auth import make_authenticator, make_signer
+from tokend.client_auth import make_authenticator
 from tokend.config import FilesDefaults, TokenConfig
 from tokend.config_files import LoadedConfig, load_config
 from tokend.control import REFRESH_WAIT
@@ -234,6 +233,8 @@ def print_jwks(path: Path, args: argparse.Namespace) -> int:
     if _spends_wrapping_token(loaded, f"jwks {args.name}"):
         return EXIT_INVALID
 
+    from tokend.client_assertion import make_signer
+
     async def read() -> list[dict[str, str]]:
         vault = VaultSource(loaded.settings.vault)
         try:
@@ -321,6 +322,8 @@ def refresh_token(path: Path, args: argparse.Namespace) -> int:
 def _ask_daemon(
     path: Path, args: argparse.Namespace, method: str, route: str
 ) -> tuple[int, dict[str, Any]] | None:
+    import aiohttp  # only the client commands need it
+
     socket_path = _socket_path(path, args)
 
     async def ask() -> tuple[int, dict[str, Any]]:

@@ -22,6 +22,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from tokend import __version__, schedule, systemd
+from tokend.batches import Batches
 from tokend.config import TokenConfig
 from tokend.config_files import LoadedConfig, load_config
 from tokend.control import ControlServer, ControlState
@@ -194,6 +195,8 @@ class Daemon:
         # One generator for every keeper's jitter: a Random of its own costs
         # each keeper 2.5 KB of state and a seed from os.urandom.
         self._rng = random.Random()
+        # Every keeper's file writes, a batch per worker call.
+        self._batches = Batches()
         self._vault: VaultSource | None = None
         self._workspace: Workspace | None = None
         self.loaded_at: str | None = None
@@ -234,6 +237,10 @@ class Daemon:
                     group.start_soon(self._handle_signals, signals, group.cancel_scope)
                     await self._start(group, self.loaded)
                     group.start_soon(self._announce_ready, self.loaded)
+                    if control is not None:
+                        # Queued after READY=1, which a restart whose cached
+                        # tokens are valid sends before aiohttp.web is loaded.
+                        group.start_soon(self._serve_control, control, self.loaded)
                     group.start_soon(self._reload_loop, group)
                     group.start_soon(self._watchdog)
                     group.start_soon(self._watch_clocks)
@@ -274,10 +281,14 @@ class Daemon:
         keepers = [self._new_keeper(token) for token in tokens]
         # Every cached token and state record in one worker thread, not one
         # (or two) per token: a restart, or a reload that restarts every
-        # keeper, is ready sooner.
+        # keeper, is ready sooner. Their secrets likewise, in a few batches.
         await anyio.to_thread.run_sync(_load_caches, keepers)
+        assert self._vault is not None
+        paths = [keeper.authenticator.credentials_path for keeper in keepers]
+        batches = self._vault.plan_read_ahead(path for path in paths if path)
         for keeper in keepers:
             self._run_keeper(group, keeper)
+        group.start_soon(self._vault.read_ahead, batches)
 
     def _new_keeper(self, token: TokenConfig) -> TokenKeeper:
         assert self.loaded is not None and self._vault is not None
@@ -291,6 +302,7 @@ class Daemon:
             rng=self._rng,
             observer=self.metrics.observe,
             wake_slice=KEEPER_WAKE_SLICE,
+            batches=self._batches,
         )
 
     def _run_keeper(self, group: anyio.abc.TaskGroup, keeper: TokenKeeper) -> None:
@@ -356,7 +368,7 @@ class Daemon:
             systemd.notify_status(self.summary())
 
     async def _open_control(self, loaded: LoadedConfig) -> ControlServer | None:
-        """Start the control socket; without it tokens are still kept fresh."""
+        """Bind the control socket; without it tokens are still kept fresh."""
         self.loaded_at = format_time(datetime.now(UTC))
         server = ControlServer(
             loaded.settings.control_socket,
@@ -368,19 +380,22 @@ class Daemon:
             ),
         )
         try:
-            await server.start()
+            await server.bind()
         except TokendError as exc:
             logger.error(
                 "control socket not available (status, refresh, metrics): %s", exc
             )
             return None
+        return server
+
+    async def _serve_control(self, server: ControlServer, loaded: LoadedConfig) -> None:
+        await server.serve()
         listen = loaded.settings.metrics.listen
         if listen:
             try:
                 await server.serve_metrics_on(listen)
             except TokendError as exc:
                 logger.error("metrics not served over TCP: %s", exc)
-        return server
 
     def describe(self) -> dict[str, Any]:
         """The daemon's state for ``tokend status``; never a secret."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
-
-import aiohttp
 
 from tokend.errors import EndpointUnavailableError, TokenEndpointError
 from tokend.http import is_loopback_host, read_body
+
+if TYPE_CHECKING:
+    import aiohttp
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ async def discover_token_endpoints(
         EndpointUnavailableError: no metadata document could be fetched.
         TokenEndpointError: the metadata is wrong; fix the issuer setting.
     """
+    import aiohttp  # loaded already: the caller holds a session
+
     failures = []
     for url in metadata_urls(issuer):
         try:

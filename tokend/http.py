@@ -1,12 +1,18 @@
-"""Small HTTP helpers shared by the token and discovery clients."""
+"""Small HTTP helpers shared by the token and discovery clients.
+
+aiohttp is imported only where a request is made (see :mod:`tokend.oauth`):
+the config and a restart whose cached tokens are valid do without it.
+"""
 
 from __future__ import annotations
 
 import ipaddress
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from tokend import __version__
+
+if TYPE_CHECKING:
+    import aiohttp
 
 USER_AGENT = f"tokend/{__version__}"
 

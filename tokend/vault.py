@@ -4,27 +4,27 @@ hvac is synchronous; every call runs in a worker thread so the event loop
 never blocks. hvac's and requests' exceptions are turned into tokend errors
 here, naming the Vault address and path but never a token or secret ID.
 Credentials read from Vault are held in memory only.
+
+hvac (with requests) is imported by the first login, in its worker thread: a
+restart whose cached tokens are all valid is ready before it needs Vault.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
-import hvac
-import hvac.exceptions
-import requests
 from pydantic import SecretStr
 
-from tokend import signing
 from tokend.config import VaultSettings
 from tokend.errors import (
     CredentialsError,
@@ -32,6 +32,7 @@ from tokend.errors import (
     VaultDeniedError,
     VaultUnavailableError,
 )
+from tokend.read_ahead import Batch, ReadAhead
 from tokend.token import ClientCredentials
 from tokend.vault_login import (
     Login,
@@ -39,6 +40,9 @@ from tokend.vault_login import (
     expand_credential_path,
     read_secret_file,
 )
+
+if TYPE_CHECKING:
+    import hvac
 
 __all__ = ["LoginState", "VaultSource", "expand_credential_path", "read_secret_file"]
 
@@ -81,6 +85,7 @@ class VaultSource:
         self._login_ttl = 0.0
         self._denied_login_at = -DENIED_RELOGIN
         self._login = Login(settings)
+        self._ahead = ReadAhead()
 
     async def read_credentials(
         self, path: str, *, fresh: bool = False, secret: bool = True
@@ -97,8 +102,10 @@ class VaultSource:
             CredentialsError: Vault refused, or the secret lacks a key.
             VaultUnavailableError: Vault cannot be reached and nothing is cached.
         """
+        data = None if fresh else await self._ahead.claim(path)
         try:
-            data = await self.read_secret(path)
+            if data is None:
+                data = await self.read_secret(path)
         except VaultUnavailableError as exc:
             cached = self._cache.get(path)
             if cached is None or fresh:
@@ -116,6 +123,44 @@ class VaultSource:
 
     def forget(self, path: str) -> None:
         self._cache.pop(path, None)
+
+    def plan_read_ahead(self, paths: Iterable[str]) -> list[Batch]:
+        """Have :meth:`read_credentials` of ``paths`` wait for :meth:`read_ahead`.
+
+        The caller must then run :meth:`read_ahead` with the batches returned.
+        """
+        return self._ahead.plan(paths)
+
+    async def read_ahead(self, batches: list[Batch]) -> None:
+        """Read planned credentials in a few worker calls (:mod:`tokend.read_ahead`).
+
+        Nothing is raised: a keeper whose secret was not read reads it
+        itself, and that read reports what went wrong.
+        """
+        try:
+            client = self._client or await self.login()
+            await self._ahead.read(batches, functools.partial(self._read_kv, client))
+        except TokendError:
+            pass
+        finally:
+            self._ahead.release(batches)
+
+    def _read_kv(self, client: hvac.Client, path: str) -> dict[str, Any] | None:
+        """A KV v2 secret's data; None for an answer without it (worker thread)."""
+        import hvac.exceptions
+
+        errors = hvac.exceptions
+        try:
+            where = f"{self.settings.kv_mount}/data/{path}"
+            return _answer(client, "GET", where, None, ("data", "data"))
+        except (
+            errors.InvalidPath,
+            errors.Forbidden,
+            errors.InvalidRequest,
+            errors.Unauthorized,
+            errors.UnexpectedError,
+        ):
+            return None
 
     async def keep_login(self) -> None:
         """Renew the Vault token before its TTL runs out; log in again if needed.
@@ -170,8 +215,7 @@ class VaultSource:
         if self.state.renewable and client is not None:
             try:
                 auth = await self._run(
-                    lambda c: c.auth.token.renew_self()["auth"],
-                    client,
+                    lambda: client.auth.token.renew_self()["auth"],
                     where="auth/token/renew-self",
                 )
             except CredentialsError:
@@ -195,18 +239,7 @@ class VaultSource:
         async with self._lock:
             if self._client is not None and self._client is not stale:
                 return self._client
-            try:
-                client = self._new_client()
-            except TokendError as exc:
-                self.state.last_error = str(exc)
-                raise
-            try:
-                auth = await self._run(
-                    self._login, client, where=self._login.login_path()
-                )
-            except BaseException:
-                client.adapter.close()
-                raise
+            client, auth = await self._run(self._log_in, where=self._login.login_path())
             # The old client may still serve a call in a worker thread; it is
             # left to the garbage collector rather than closed under it.
             self._client = client
@@ -238,7 +271,18 @@ class VaultSource:
             self._client.adapter.close()
             self._client = None
 
+    def _log_in(self) -> tuple[hvac.Client, dict[str, Any]]:
+        """A new client, logged in, and the login's ``auth`` (worker thread)."""
+        client = self._new_client()
+        try:
+            return client, self._login(client)
+        except BaseException:
+            client.adapter.close()
+            raise
+
     def _new_client(self) -> hvac.Client:
+        import hvac
+
         # Pass token="" so hvac does not pick up ~/.vault-token or $VAULT_TOKEN.
         client = hvac.Client(
             url=self.settings.address,
@@ -280,6 +324,8 @@ class VaultSource:
             "marshaling_algorithm": "jws",
             **options,
         }
+        from tokend import signing  # loads cryptography: private_key_jwt only
+
         answer = await self._call("POST", path, payload, _NO_KEY)
         for warning in answer.get("warnings") or []:
             # A parameter Vault ignored (salt_length, say) makes a signature
@@ -333,21 +379,10 @@ class VaultSource:
         Returns the answer's object under ``keys`` (``data`` by default),
         with Vault's ``warnings`` kept beside it.
         """
-
-        def call(client: hvac.Client) -> dict[str, Any]:
-            answer = client.adapter.request(method, f"/v1/{path}", json=payload)
-            found = answer
-            for key in keys:  # a missing key ends as "unexpected answer"
-                found = found[key] if isinstance(found, dict) else None
-            if not isinstance(found, dict):  # 204, or not the JSON expected
-                raise hvac.exceptions.UnexpectedError("no JSON object in the answer")
-            if isinstance(answer, dict) and answer.get("warnings"):
-                found = {**found, "warnings": answer["warnings"]}
-            return found
-
         client = self._client or await self.login()
+        call = functools.partial(_answer, client, method, path, payload, keys)
         try:
-            return await self._run(call, client, where=path, missing=missing)
+            return await self._run(call, where=path, missing=missing)
         except VaultDeniedError:
             # A 403 may mean our login was revoked, or the policy's doing. Each
             # new login spends a use of the secret_id: at most one a minute.
@@ -355,18 +390,18 @@ class VaultSource:
                 raise
             self._denied_login_at = time.monotonic()
         client = await self.login(stale=client)
-        return await self._run(call, client, where=path, missing=missing)
+        call = functools.partial(_answer, client, method, path, payload, keys)
+        return await self._run(call, where=path, missing=missing)
 
     async def _run(
         self,
-        operation: Callable[[hvac.Client], T],
-        client: hvac.Client,
+        operation: Callable[[], T],
         where: str,
         missing: str = _NO_CREDENTIALS,
     ) -> T:
         try:
             return await anyio.to_thread.run_sync(
-                operation, client, limiter=self._limiter, abandon_on_cancel=True
+                operation, limiter=self._limiter, abandon_on_cancel=True
             )
         except TokendError as exc:
             self.state.last_error = str(exc)
@@ -380,6 +415,9 @@ class VaultSource:
             raise error from None
 
     def _translate(self, exc: Exception, where: str, missing: str) -> TokendError:
+        import hvac.exceptions
+        import requests
+
         address = self.settings.address
         at = f"{address}/v1/{where}"
         errors = hvac.exceptions
@@ -432,3 +470,24 @@ class VaultSource:
                 + " and ".join(repr(k) for k in needed)
             )
         return ClientCredentials(data[id_key], SecretStr(data.get(secret_key) or ""))
+
+
+def _answer(
+    client: hvac.Client,
+    method: str,
+    path: str,
+    payload: dict[str, Any] | None,
+    keys: tuple[str, ...],
+) -> dict[str, Any]:
+    """Send one request to ``/v1/<path>``; the object under ``keys`` (blocking)."""
+    import hvac.exceptions
+
+    answer = client.adapter.request(method, f"/v1/{path}", json=payload)
+    found = answer
+    for key in keys:  # a missing key ends as "unexpected answer"
+        found = found[key] if isinstance(found, dict) else None
+    if not isinstance(found, dict):  # 204, or not the JSON expected
+        raise hvac.exceptions.UnexpectedError("no JSON object in the answer")
+    if isinstance(answer, dict) and answer.get("warnings"):
+        found = {**found, "warnings": answer["warnings"]}
+    return found

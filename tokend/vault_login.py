@@ -12,13 +12,15 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import hvac
 from pydantic import SecretStr
 
 from tokend.config import VaultSettings
 from tokend.errors import CredentialsError
+
+if TYPE_CHECKING:
+    import hvac
 
 
 def expand_credential_path(template: str, key: str) -> Path:
@@ -167,6 +169,8 @@ class Login:
 
     def _unwrap(self, client: hvac.Client) -> str:
         """Check what the wrapping token wraps, then unwrap it (once)."""
+        import hvac.exceptions
+
         settings = self.settings
         path = expand_credential_path(settings.secret_id_file or "", "secret_id_file")
         wrapping = _read_credential(path, "secret_id_file")
