@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from tokend.config import RefreshSettings as RefreshPolicy
 from tokend.errors import ErrorKind
 from tokend.schedule import (
+    PLAIN_RETRIES,
     WAKE_SLICE,
     Deadline,
     SystemClock,
@@ -236,14 +237,22 @@ def draw_valid_retries(
 @pytest.mark.parametrize("valid_for", [300, 900, 3000])
 def test_retry_while_valid_spreads_over_the_validity_left(valid_for: float) -> None:
     """A fleet's retries during an outage trickle instead of every retry_max."""
-    usable = valid_for - POLICY.margin
+    room = valid_for - POLICY.margin
 
-    delays = draw_valid_retries(1, valid_for)
+    delays = draw_valid_retries(PLAIN_RETRIES + 1, valid_for)
 
     assert min(delays) >= 0.1
-    assert max(delays) <= usable
-    assert max(delays) > 0.99 * usable
-    assert statistics.mean(delays) == pytest.approx(usable / 2, rel=0.05)
+    assert max(delays) <= room
+    assert max(delays) > 0.99 * room
+    assert statistics.mean(delays) == pytest.approx(room / 2, rel=0.05)
+
+
+@pytest.mark.parametrize("attempt", range(1, PLAIN_RETRIES + 1))
+def test_first_retries_while_valid_are_plain_backoff(attempt: int) -> None:
+    """A blip is retried within seconds: the token turns fresh again at once."""
+    delays = draw_valid_retries(attempt, valid_for=900)
+
+    assert max(delays) <= 2 ** (attempt - 1)
 
 
 @pytest.mark.parametrize("attempt", [1, 4, 12])
@@ -255,11 +264,15 @@ def test_retry_while_valid_never_waits_past_the_margin(attempt: int) -> None:
     assert min(delays) >= 0.1
 
 
-def test_retry_while_valid_keeps_the_backoff_as_floor() -> None:
-    delays = draw_valid_retries(8, valid_for=130, policy=RefreshPolicy(retry_spread=0))
+@pytest.mark.parametrize("retry_spread", [0.0, 1.0])
+def test_retry_while_valid_keeps_the_backoff_as_floor(retry_spread: float) -> None:
+    """Little validity left: the backoff decides, cut to retry before expiry."""
+    policy = RefreshPolicy(retry_spread=retry_spread)
 
-    assert max(delays) <= 120
-    assert statistics.mean(delays) == pytest.approx(60, rel=0.1)
+    delays = draw_valid_retries(8, valid_for=30, policy=policy)
+
+    assert max(delays) <= 20
+    assert statistics.mean(delays) == pytest.approx(20, rel=0.1)
 
 
 @pytest.mark.parametrize("valid_for", [None, 10, 5, -20])
@@ -274,7 +287,7 @@ def test_retry_without_validity_beyond_margin_is_plain_backoff(
 
 
 def test_retry_while_valid_honours_server_retry_after() -> None:
-    delays = draw_valid_retries(1, valid_for=20, server_hint=60)
+    delays = draw_valid_retries(PLAIN_RETRIES + 1, valid_for=20, server_hint=60)
 
     assert min(delays) >= 60
     assert max(delays) <= 120

@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.bao_fixtures import WriteAppRoleFiles
 from tests.support.bao_server import BaoServer
+from tokend import read_ahead
 from tokend.config import VaultSettings
 from tokend.errors import CredentialsError, VaultDeniedError, VaultUnavailableError
 from tokend.vault import VaultSource, expand_credential_path
@@ -308,6 +309,28 @@ async def test_read_ahead_serves_planned_credentials_once(
     assert missing in str(caught.value)
     # Claimed once: a second read (another token, a reload) asks Vault.
     assert own_reads == [missing, paths[0]] and again.client_id == "svc-0"
+
+
+async def test_read_ahead_answer_left_unclaimed_goes_stale(
+    bao: BaoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A secret rotated after an unclaimed read-ahead is read fresh, not served old."""
+    path = f"tokend/stale-{secrets.token_hex(3)}"
+    bao.write_secret(path, {"client_id": "svc-old", "client_secret": "s"})
+    token_file = tmp_path / "token"
+    token_file.write_text(bao.root_token)
+    source = VaultSource(
+        VaultSettings(address=bao.address, auth="token", token_file=str(token_file))
+    )
+    try:
+        await source.read_ahead(source.plan_read_ahead([path]))
+        bao.write_secret(path, {"client_id": "svc-new", "client_secret": "s"})
+        monkeypatch.setattr(read_ahead, "STALE_AFTER", -1.0)  # as if long ago
+        credentials = await source.read_credentials(path)
+    finally:
+        await source.aclose()
+
+    assert credentials.client_id == "svc-new"
 
 
 async def test_read_ahead_stops_when_vault_fails(

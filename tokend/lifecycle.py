@@ -453,13 +453,20 @@ class TokenKeeper:
         status.failures += 1
         changed = (str(exc), exc.kind) != (status.last_error, status.last_error_kind)
         status.last_error, status.last_error_kind = str(exc), exc.kind
+        retry_at = datetime.fromtimestamp(self.clock.wall() + delay, UTC)
+        status.next_refresh = format_time(retry_at)
         # "expired" only for a token that was there and ran out; a token never
         # obtained since start is "failing".
         never_had = self._current is None and status.generation == 0
         status.state = "failing" if self._is_valid() or never_had else "expired"
         level = logging.ERROR if exc.kind != "retryable" else logging.WARNING
+        if not changed:
+            # A wait longer than any backoff is the spread over the validity
+            # left (schedule.retry_after): say so, as a repeat would hide it.
+            spread = exc.kind == "retryable" and delay > self.policy.retry_max
+            level = logging.INFO if spread else logging.DEBUG
         self.log.log(
-            level if changed else logging.DEBUG,
+            level,
             "refresh failed token=%s kind=%s retry_in=%.0fs keeping=%s error=%s",
             self.name,
             exc.kind,

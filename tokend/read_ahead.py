@@ -12,6 +12,7 @@ failed) reads the secret itself, which reports any error as before.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -20,6 +21,9 @@ import anyio.to_thread
 
 BATCH_SIZE = 50
 THREADS = 2
+# An answer unclaimed this long after its batch ended (its keeper was retired
+# by a reload, or failed before asking) is not handed out any more.
+STALE_AFTER = 60.0
 
 ReadOne = Callable[[str], dict[str, Any] | None]
 
@@ -27,12 +31,18 @@ ReadOne = Callable[[str], dict[str, Any] | None]
 class Batch:
     """Secrets read together in one worker call; ``done`` once it ended."""
 
-    __slots__ = ("done", "found", "paths")
+    __slots__ = ("done", "ended", "found", "paths")
 
     def __init__(self, paths: list[str]) -> None:
         self.paths = paths
         self.found: dict[str, dict[str, Any]] = {}
         self.done = anyio.Event()
+        self.ended = 0.0
+
+    def end(self) -> None:
+        if not self.done.is_set():
+            self.ended = time.monotonic()
+            self.done.set()
 
 
 class ReadAhead:
@@ -59,7 +69,10 @@ class ReadAhead:
             return None
         await batch.done.wait()
         self._planned.pop(path, None)
-        return batch.found.pop(path, None)
+        data = batch.found.pop(path, None)
+        if time.monotonic() - batch.ended > STALE_AFTER:
+            return None
+        return data
 
     async def read(self, batches: list[Batch], read_one: ReadOne) -> None:
         """Read ``batches`` in :data:`THREADS` worker threads, a batch per call.
@@ -92,7 +105,7 @@ class ReadAhead:
                             read_batch, batch, abandon_on_cancel=True
                         )
                 finally:
-                    batch.done.set()
+                    batch.end()
 
         async with anyio.create_task_group() as group:
             for _ in range(THREADS):
@@ -101,4 +114,4 @@ class ReadAhead:
     def release(self, batches: list[Batch]) -> None:
         """End ``batches``, read or not: their keepers wait no longer."""
         for batch in batches:
-            batch.done.set()
+            batch.end()

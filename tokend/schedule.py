@@ -18,6 +18,9 @@ from tokend.errors import ErrorKind
 # Sleep in slices so a suspended VM or a jump of the wall clock is noticed
 # within this many seconds after it happens.
 WAKE_SLICE = 20.0
+# Retries at plain backoff before a still-valid token's retries spread: a blip
+# is over in seconds, and a fresh token is what the services and alerts expect.
+PLAIN_RETRIES = 3
 
 
 def refresh_after(
@@ -62,9 +65,10 @@ def retry_after(
     ``Retry-After`` is honoured but capped at ``retry_max``. Credential and
     persistent failures wait about ``retry_slow``: a person has to act first.
 
-    ``valid_for`` is how long the published token stays valid. While it does,
-    a retryable failure may also wait a uniform share (up to
-    ``retry_spread``) of that time less the margin: the services lose
+    ``valid_for`` is how long the published token stays valid. While it
+    does, and once ``PLAIN_RETRIES`` retries have failed too, a retryable
+    failure may also wait a uniform share (up to ``retry_spread``) of that
+    time less the margin: the services lose
     nothing, and a fleet whose server is down sends a trickle instead of a
     retry per token every ``retry_max``, then spreads its catch-up over the
     validity its tokens have left instead of arriving all at once. As the
@@ -77,8 +81,10 @@ def retry_after(
     ceiling = min(policy.retry_max, policy.retry_initial * 2.0 ** min(attempt - 1, 30))
     delay = max(min(0.1, ceiling), rng.uniform(0, ceiling))
     if valid_for is not None and valid_for > policy.margin:
-        usable = valid_for - policy.margin
-        delay = min(max(delay, rng.uniform(0, policy.retry_spread) * usable), usable)
+        room = valid_for - policy.margin
+        if attempt > PLAIN_RETRIES:
+            delay = max(delay, rng.uniform(0, policy.retry_spread) * room)
+        delay = min(delay, room)
     if server_hint is not None:
         delay = max(delay, min(server_hint, policy.retry_max))
 

@@ -86,6 +86,7 @@ class VaultSource:
         self._denied_login_at = -DENIED_RELOGIN
         self._login = Login(settings)
         self._ahead = ReadAhead()
+        self._reading: set[anyio.CancelScope] = set()  # read-aheads, for aclose
 
     async def read_credentials(
         self, path: str, *, fresh: bool = False, secret: bool = True
@@ -135,15 +136,22 @@ class VaultSource:
         """Read planned credentials in a few worker calls (:mod:`tokend.read_ahead`).
 
         Nothing is raised: a keeper whose secret was not read reads it
-        itself, and that read reports what went wrong.
+        itself, and that read reports what went wrong. :meth:`aclose` (a
+        reload that replaces this source) ends it.
         """
-        try:
-            client = self._client or await self.login()
-            await self._ahead.read(batches, functools.partial(self._read_kv, client))
-        except TokendError:
-            pass
-        finally:
-            self._ahead.release(batches)
+        if not batches:
+            return
+        with anyio.CancelScope() as scope:
+            self._reading.add(scope)
+            try:
+                client = self._client or await self.login()
+                read_one = functools.partial(self._read_kv, client)
+                await self._ahead.read(batches, read_one)
+            except TokendError:
+                pass
+            finally:
+                self._reading.discard(scope)
+                self._ahead.release(batches)
 
     def _read_kv(self, client: hvac.Client, path: str) -> dict[str, Any] | None:
         """A KV v2 secret's data; None for an answer without it (worker thread)."""
@@ -267,6 +275,8 @@ class VaultSource:
         self._login.inherit(previous._login)
 
     async def aclose(self) -> None:
+        for scope in self._reading:
+            scope.cancel()
         if self._client is not None:
             self._client.adapter.close()
             self._client = None
