@@ -58,3 +58,35 @@ async def test_a_failing_job_fails_only_its_caller() -> None:
         group.start_soon(submit, "good", lambda: 7)
 
     assert isinstance(outcomes["bad"], OSError) and outcomes["good"] == 7
+
+
+async def test_a_caller_waits_for_its_own_batch_not_the_jobs_queued_behind_it() -> None:
+    runner = Batches(calls=1)
+    first_started, later_done = threading.Event(), threading.Event()
+    seen: dict[str, bool] = {}
+
+    def first() -> str:
+        first_started.set()
+        threading.Event().wait(0.2)
+        return "first"
+
+    def later() -> str:
+        threading.Event().wait(0.2)
+        later_done.set()
+        return "later"
+
+    async def submit_first() -> None:
+        assert await runner.run(first) == "first"
+        seen["later done when first returned"] = later_done.is_set()
+
+    async def submit_later() -> None:
+        assert await runner.run(later) == "later"
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(submit_first)
+        while not first_started.is_set():  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+        group.start_soon(submit_later)
+
+    assert seen == {"later done when first returned": False}
+    assert later_done.is_set()
