@@ -94,6 +94,11 @@ class Deployment:
         text += toml_table("oauth", {"token_url": token_url})
         text += toml_table("files", {"directory": str(run_dir)})
         text += toml_table("control", {"group": grp.getgrgid(os.getgid()).gr_name})
+        # One daemon measured alone: its first refreshes stay in the 70-80 %
+        # window, so that an idle window with nothing due follows READY and a
+        # restart finds nothing due (tokend spreads them from 5 % by default
+        # so that a fleet started together drifts apart; fleet.py measures that).
+        text += toml_table("refresh", {"first_min_share": 0.7})
         for name in names:
             text += toml_table(
                 f"tokens.{name}",

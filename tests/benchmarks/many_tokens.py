@@ -8,7 +8,7 @@ tokend's own process is measured. Each run:
    AF_UNIX datagram ``NOTIFY_SOCKET``, CPU until then;
 2. idle: CPU and per-thread wakeups over ``--idle`` seconds in which no token
    is due (the tokens live ``--lifetime`` seconds and are refreshed at
-   70-80 % of it);
+   70-80 % of it; the config keeps their first refresh there too);
 3. the refresh wave: every token refreshed once; CPU per refresh is the CPU
    of the wave less the idle rate, over the requests the endpoint served;
 4. restarts with every cached token still valid: seconds to ``READY=1`` and
