@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import anyio
 import anyio.to_thread
@@ -45,7 +45,6 @@ from tokend.vault import VaultSource
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 State = Literal["starting", "fresh", "refreshing", "failing", "expired"]
 
 
@@ -110,8 +109,8 @@ class TokenKeeper:
     # Longest sleep before looking at the clocks again; None: schedule.WAKE_SLICE.
     # The daemon sets it long and calls recheck() when its ClockWatch sees a jump.
     wake_slice: float | None = None
-    # File writes shared with the other keepers (None: a worker call each).
-    batches: Batches | None = None
+    # File writes in worker calls; the daemon shares one among all keepers.
+    batches: Batches = field(default_factory=Batches)
 
     def __post_init__(self) -> None:
         self.status = TokenStatus(client_auth=self.config.client_auth)
@@ -430,7 +429,7 @@ class TokenKeeper:
 
         # Shielded: a shutdown waits for a started write to finish.
         with anyio.CancelScope(shield=True):
-            side_error = await self._in_thread(write_files)
+            side_error = await self.batches.run(write_files)
         if side_error is not None:
             self.log.warning(
                 "token written, but not its metadata or state token=%s error=%s",
@@ -490,7 +489,7 @@ class TokenKeeper:
         metadata = describe_metadata(current.token, current.generation, message)
         data = render_metadata(metadata)
         with anyio.CancelScope(shield=True):
-            await self._in_thread(lambda: self._write_file(config.metadata_path, data))
+            await self.batches.run(lambda: self._write_file(config.metadata_path, data))
 
     def _write_file(self, path: Path, data: bytes) -> None:
         """Write one of this token's files with its mode, owner and readers."""
@@ -577,10 +576,4 @@ class TokenKeeper:
             self.store.forget(config.name)
 
         with anyio.CancelScope(shield=True):
-            await self._in_thread(remove)
-
-    async def _in_thread(self, job: Callable[[], T]) -> T:
-        """Run blocking file I/O in a worker thread, batched if the daemon shares."""
-        if self.batches is None:
-            return await anyio.to_thread.run_sync(job)
-        return await self.batches.run(job)
+            await self.batches.run(remove)

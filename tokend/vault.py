@@ -159,8 +159,7 @@ class VaultSource:
 
         errors = hvac.exceptions
         try:
-            where = f"{self.settings.kv_mount}/data/{path}"
-            return _answer(client, "GET", where, None, ("data", "data"))
+            return _answer(client, "GET", self._kv_path(path), None, ("data", "data"))
         except (
             errors.InvalidPath,
             errors.Forbidden,
@@ -372,9 +371,13 @@ class VaultSource:
 
         ``missing`` is the advice a 404 gets.
         """
-        mount = self.settings.kv_mount
-        where = f"{mount}/data/{path}"
-        return await self._call("GET", where, None, missing, ("data", "data"))
+        return await self._call(
+            "GET", self._kv_path(path), None, missing, ("data", "data")
+        )
+
+    def _kv_path(self, path: str) -> str:
+        """The API path of a KV v2 secret's data."""
+        return f"{self.settings.kv_mount}/data/{path}"
 
     async def _call(
         self,
