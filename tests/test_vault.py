@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.bao_fixtures import WriteAppRoleFiles
+from tests.support.bao_fixtures import WriteAppRoleFiles, root_vault
 from tests.support.bao_server import BaoServer
 from tokend import read_ahead
 from tokend.config import VaultSettings
@@ -279,11 +279,7 @@ async def test_read_ahead_serves_planned_credentials_once(
     for index, path in enumerate(paths):
         bao.write_secret(path, {"client_id": f"svc-{index}", "client_secret": "s"})
     missing = f"{prefix}-missing"
-    token_file = tmp_path / "token"
-    token_file.write_text(bao.root_token)
-    source = VaultSource(
-        VaultSettings(address=bao.address, auth="token", token_file=str(token_file))
-    )
+    source = root_vault(bao, tmp_path)
     own_reads: list[str] = []
     read_secret = source.read_secret
 
@@ -317,11 +313,7 @@ async def test_read_ahead_answer_left_unclaimed_goes_stale(
     """A secret rotated after an unclaimed read-ahead is read fresh, not served old."""
     path = f"tokend/stale-{secrets.token_hex(3)}"
     bao.write_secret(path, {"client_id": "svc-old", "client_secret": "s"})
-    token_file = tmp_path / "token"
-    token_file.write_text(bao.root_token)
-    source = VaultSource(
-        VaultSettings(address=bao.address, auth="token", token_file=str(token_file))
-    )
+    source = root_vault(bao, tmp_path)
     try:
         await source.read_ahead(source.plan_read_ahead([path]))
         bao.write_secret(path, {"client_id": "svc-new", "client_secret": "s"})
