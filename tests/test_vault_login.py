@@ -30,7 +30,7 @@ from tests.support.oauth_server import OAuthServer
 from tests.support.stack import ROOT, Stack, tokend_environment, toml_table
 from tokend import signing
 from tokend.config import VaultSettings
-from tokend.errors import CredentialsError
+from tokend.errors import CredentialsError, VaultUnavailableError
 from tokend.vault import VaultSource
 
 pytestmark = pytest.mark.integration
@@ -323,6 +323,35 @@ def test_cert_login_with_an_untrusted_certificate_is_refused(
     with pytest.raises(CredentialsError) as caught:
         anyio.run(login)
     assert "auth/cert/login" in str(caught.value)
+
+
+def test_vault_certificate_not_trusted_points_at_ca_file(
+    tls_bao: BaoServer, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "token"
+    write_private_file(token_file, tls_bao.root_token)
+    untrusted = VaultSettings(
+        address=tls_bao.address, auth="token", token_file=str(token_file)
+    )
+    assert tls_bao.ca_file is not None
+    trusted = untrusted.model_copy(update={"ca_file": tls_bao.ca_file})
+
+    async def login(settings: VaultSettings) -> None:
+        source = VaultSource(settings)
+        try:
+            await source.login()
+        finally:
+            await source.aclose()
+
+    with pytest.raises(VaultUnavailableError) as caught:
+        anyio.run(login, untrusted)
+    anyio.run(login, trusted)
+
+    assert str(caught.value) == (
+        f"TLS with Vault at {tls_bao.address} failed; check vault.ca_file"
+    )
+    assert caught.value.kind == "retryable"
+    assert tls_bao.root_token not in str(caught.value)
 
 
 def self_signed(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -8,6 +8,7 @@ this module validates the merged mapping.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -353,7 +354,7 @@ class TokenConfig:
         """Where the client_id comes from, for the request's fingerprint."""
         return self.credentials or f"client_id:{self.client_id}"
 
-    @property
+    @functools.cached_property
     def metadata_path(self) -> Path:
         return self.path.with_name(self.path.name + ".json")
 
@@ -419,23 +420,31 @@ class KeyProblem(ValueError):
 
 
 def check_url(loc: Location, url: str, allow_http: bool) -> None:
+    problem = _url_problem(url, allow_http)
+    if problem is not None:
+        raise KeyProblem(loc, problem)
+
+
+# A thousand tokens that inherit [oauth]'s token_url check the same URL.
+@functools.lru_cache(maxsize=256)
+def _url_problem(url: str, allow_http: bool) -> str | None:
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise KeyProblem(loc, f"not a valid URL ({exc}): {url!r}") from None
+        return f"not a valid URL ({exc}): {url!r}"
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise KeyProblem(loc, f"expected an https:// URL, got {url!r}")
+        return f"expected an https:// URL, got {url!r}"
     # Every white space but " " is unprintable: one C call per URL.
     if port == 0 or " " in url or not url.isprintable():
-        raise KeyProblem(loc, f"not a valid URL: {url!r}")
+        return f"not a valid URL: {url!r}"
     if (
         parts.scheme == "http"
         and not allow_http
         and not is_loopback_host(parts.hostname)
     ):
-        raise KeyProblem(
-            loc,
+        return (
             f"plain http is allowed only to loopback, got {url!r}; "
-            "use https or set allow_insecure_http = true",
+            "use https or set allow_insecure_http = true"
         )
+    return None

@@ -10,6 +10,7 @@ whose cached tokens are all valid is ready without it.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import math
@@ -81,14 +82,31 @@ class TokenRequest:
         return hashlib.sha256(described.encode()).hexdigest()[:32]
 
     def form(self, auth: RequestAuth) -> dict[str, str]:
+        form = dict(self._own_form)
+        form.update(auth.form)
+        return form
+
+    def body(self, auth: RequestAuth) -> bytes:
+        """The form, URL-encoded; the request's own fields are encoded once."""
+        if not auth.form:
+            return self._own_body.encode()
+        if auth.form.keys() & self._own_form.keys():  # an extra_param overridden
+            return urlencode(self.form(auth)).encode()
+        return f"{self._own_body}&{urlencode(auth.form)}".encode()
+
+    @functools.cached_property
+    def _own_form(self) -> dict[str, str]:
         form = dict(self.extra_params)
         form["grant_type"] = "client_credentials"
         if self.scopes:
             form["scope"] = " ".join(self.scopes)
         if self.audience is not None and self.audience_param != "none":
             form[self.audience_param] = self.audience
-        form.update(auth.form)
         return form
+
+    @functools.cached_property
+    def _own_body(self) -> str:
+        return urlencode(self._own_form)
 
 
 @dataclass(frozen=True)
@@ -231,7 +249,7 @@ class TokenEndpoint:
         options: dict[str, Any] = {} if auth.ssl is None else {"ssl": auth.ssl}
         # Encoded here: aiohttp's FormData would build a multipart writer
         # (and a random boundary) for every request only to urlencode it.
-        body = urlencode(request.form(auth)).encode()
+        body = request.body(auth)
         try:
             async with session.post(
                 url,

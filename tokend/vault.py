@@ -1,12 +1,13 @@
 """Client credentials from Vault (or OpenBao): log in, keep the login, read KV v2.
 
 hvac is synchronous; every call runs in a worker thread so the event loop
-never blocks. hvac's and requests' exceptions are turned into tokend errors
+never blocks. hvac's and urllib3's exceptions are turned into tokend errors
 here, naming the Vault address and path but never a token or secret ID.
 Credentials read from Vault are held in memory only.
 
-hvac (with requests) is imported by the first login, in its worker thread: a
-restart whose cached tokens are all valid is ready before it needs Vault.
+hvac (with its transport, :mod:`tokend.vault_http`) is imported by the first
+login, in its worker thread: a restart whose cached tokens are all valid is
+ready before it needs Vault.
 """
 
 from __future__ import annotations
@@ -292,8 +293,12 @@ class VaultSource:
     def _new_client(self) -> hvac.Client:
         import hvac
 
+        from tokend.vault_http import PoolAdapter
+
         # Pass token="" so hvac does not pick up ~/.vault-token or $VAULT_TOKEN.
-        client = hvac.Client(
+        # The adapter takes no proxy from the environment: the Vault address
+        # is configured.
+        return hvac.Client(
             url=self.settings.address,
             token="",
             # () rather than None: hvac would take $VAULT_CLIENT_CERT instead.
@@ -301,10 +306,8 @@ class VaultSource:
             verify=str(self.settings.ca_file) if self.settings.ca_file else True,
             timeout=self.settings.timeout,
             namespace=self.settings.namespace,
+            adapter=PoolAdapter,
         )
-        # The Vault address is configured; proxies from the environment are not.
-        client.session.trust_env = False
-        return client
 
     async def transit_key(self, name: str) -> dict[str, Any]:
         """Return Transit's description of key ``name``: type, versions, public keys."""
@@ -419,7 +422,7 @@ class VaultSource:
         except TokendError as exc:
             self.state.last_error = str(exc)
             raise
-        except Exception as exc:  # hvac and requests errors end here
+        except Exception as exc:  # hvac and urllib3 errors end here
             error = self._translate(exc, where, missing)
             self.state.last_error = str(error)
             self.state.failures += 1
@@ -429,7 +432,7 @@ class VaultSource:
 
     def _translate(self, exc: Exception, where: str, missing: str) -> TokendError:
         import hvac.exceptions
-        import requests
+        import urllib3.exceptions
 
         address = self.settings.address
         at = f"{address}/v1/{where}"
@@ -453,11 +456,11 @@ class VaultSource:
             return VaultUnavailableError(
                 f"Vault at {address} failed: {type(exc).__name__}"
             )
-        if isinstance(exc, requests.exceptions.SSLError):
+        if isinstance(exc, urllib3.exceptions.SSLError):
             return VaultUnavailableError(
                 f"TLS with Vault at {address} failed; check vault.ca_file"
             )
-        if isinstance(exc, requests.exceptions.RequestException | OSError):
+        if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
             return VaultUnavailableError(
                 f"cannot reach Vault at {address}: {type(exc).__name__}"
             )
