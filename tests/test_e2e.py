@@ -78,6 +78,31 @@ def test_restart_with_valid_cache_sends_no_token_request(stack: Stack) -> None:
     assert stack.read_token("orders") == token
 
 
+def test_restart_refreshes_a_cached_token_whose_client_changed_in_vault(
+    stack: Stack,
+) -> None:
+    """A reused token's keeper still reads its secret, after every cache is restored."""
+    old = stack.add_service("orders")
+    stays = stack.add_service("stays")
+    stack.write_config({name: stack.token_entry(name) for name in ("orders", "stays")})
+    daemon = stack.start()
+    daemon.wait_for_log("ready")
+    assert daemon.stop()[0] == 0
+    stays_before = stack.oauth.token_requests(stays.client_id)
+    new = stack.add_service("orders")  # another client under the same Vault path
+
+    again = stack.start()
+    again.wait_for_log("client_id changed, refreshing token=orders")
+    again.wait_for_log("token refreshed token=orders")
+
+    claims = stack.oauth.decode_access_token(
+        stack.read_token("orders"), "https://orders.example.test"
+    )
+    assert claims["client_id"] == new.client_id != old.client_id
+    assert "cached token reused token=stays" in again.log()
+    assert stack.oauth.token_requests(stays.client_id) == stays_before
+
+
 def test_changed_request_invalidates_the_cache(stack: Stack) -> None:
     service = stack.add_service("orders", scopes=("read", "write"))
     stack.write_config({"orders": stack.token_entry("orders")})

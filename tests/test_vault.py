@@ -6,6 +6,7 @@ import logging
 import secrets
 from pathlib import Path
 
+import anyio
 import pytest
 
 from tests.support.bao_fixtures import WriteAppRoleFiles, root_vault
@@ -323,6 +324,47 @@ async def test_read_ahead_answer_left_unclaimed_goes_stale(
         await source.aclose()
 
     assert credentials.client_id == "svc-new"
+
+
+async def test_read_ahead_after_an_event_logs_in_only_then(
+    bao: BaoServer, tmp_path: Path
+) -> None:
+    """A restart's read-ahead waits for its keepers; closing the source releases it."""
+    path = f"tokend/after-{secrets.token_hex(3)}"
+    bao.write_secret(path, {"client_id": "svc-later", "client_secret": "s"})
+    source = root_vault(bao, tmp_path)
+    restored = anyio.Event()
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(
+                source.read_ahead, source.plan_read_ahead([path]), restored
+            )
+            await anyio.sleep(0.3)
+            logins_before = source.state.logins
+            restored.set()
+            credentials = await source.read_credentials(path)
+    finally:
+        await source.aclose()
+    closed = root_vault(bao, tmp_path)
+    never = anyio.Event()
+    own_reads: list[str] = []
+
+    async def counted(path: str, *args: str) -> dict[str, object]:
+        own_reads.append(path)
+        return {"client_id": "svc-own", "client_secret": "s"}
+
+    closed.read_secret = counted  # type: ignore[method-assign]
+    async with anyio.create_task_group() as group:
+        group.start_soon(closed.read_ahead, closed.plan_read_ahead([path]), never)
+        await anyio.sleep(0.1)
+        await closed.aclose()
+        with anyio.fail_after(5):  # released: the keeper reads on its own
+            own = await closed.read_credentials(path)
+
+    assert logins_before == 0 and source.state.logins == 1
+    assert credentials.client_id == "svc-later"
+    assert own.client_id == "svc-own" and own_reads == [path]
+    assert closed.state.logins == 0
 
 
 async def test_read_ahead_stops_when_vault_fails(

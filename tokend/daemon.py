@@ -113,6 +113,32 @@ def prepare_workspace(loaded: LoadedConfig) -> Workspace:
     return workspace
 
 
+def _secret_paths(
+    keepers: list[TokenKeeper], reusing: list[bool], which: bool
+) -> list[str]:
+    """The Vault paths of the keepers whose ``reusing`` flag is ``which``."""
+    return [
+        path
+        for keeper, reuses in zip(keepers, reusing, strict=True)
+        if reuses == which and (path := keeper.authenticator.credentials_path)
+    ]
+
+
+class _Countdown:
+    """``done`` is set after :meth:`count` was called ``total`` times."""
+
+    def __init__(self, total: int) -> None:
+        self.left = total
+        self.done = anyio.Event()
+        if total <= 0:
+            self.done.set()
+
+    def count(self) -> None:
+        self.left -= 1
+        if self.left <= 0:
+            self.done.set()
+
+
 def _load_caches(keepers: list[TokenKeeper]) -> None:
     for keeper in keepers:
         try:
@@ -283,12 +309,22 @@ class Daemon:
         # (or two) per token: a restart, or a reload that restarts every
         # keeper, is ready sooner. Their secrets likewise, in a few batches.
         await anyio.to_thread.run_sync(_load_caches, keepers)
-        assert self._vault is not None
-        paths = [keeper.authenticator.credentials_path for keeper in keepers]
-        batches = self._vault.plan_read_ahead(path for path in paths if path)
+        vault = self._vault
+        assert vault is not None
+        # Secrets for tokens to request now are read at once. A keeper that
+        # reuses its cached token reads its secret only to check the
+        # client_id (and hold the secret for later): those wait until every
+        # keeper has restored, so that hvac's import, the login and the reads
+        # do not share the CPU with a restart on its way to READY=1.
+        reusing = [keeper.reuses_cache() for keeper in keepers]
+        now = vault.plan_read_ahead(_secret_paths(keepers, reusing, False))
+        later = vault.plan_read_ahead(_secret_paths(keepers, reusing, True))
+        restored = _Countdown(len(keepers))
         for keeper in keepers:
+            keeper.on_restored = restored.count
             self._run_keeper(group, keeper)
-        group.start_soon(self._vault.read_ahead, batches)
+        group.start_soon(vault.read_ahead, now)
+        group.start_soon(vault.read_ahead, later, restored.done)
 
     def _new_keeper(self, token: TokenConfig) -> TokenKeeper:
         assert self.loaded is not None and self._vault is not None

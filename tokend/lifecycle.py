@@ -111,6 +111,8 @@ class TokenKeeper:
     wake_slice: float | None = None
     # File writes in worker calls; the daemon shares one among all keepers.
     batches: Batches = field(default_factory=Batches)
+    # Called once, when the first restore() ended (however it ended).
+    on_restored: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         self.status = TokenStatus(client_auth=self.config.client_auth)
@@ -154,7 +156,13 @@ class TokenKeeper:
         self._wake.set()
 
     async def run(self) -> None:
-        due = await self.restore()
+        try:
+            due = await self.restore()
+        finally:
+            # Once: a keeper run again after a crash has restored before.
+            restored, self.on_restored = self.on_restored, None
+            if restored is not None:
+                restored()
         if self.status.state == "fresh":
             due = await self._check_client(due)
         while True:
@@ -180,7 +188,7 @@ class TokenKeeper:
             self.status.generation = generation
             return now
         token = restored.token
-        remaining = token.remaining(datetime.fromtimestamp(self.clock.wall(), UTC))
+        remaining = self._remaining(token)
         current = _Current(
             token,
             Deadline.after(self.clock, remaining),
@@ -189,7 +197,7 @@ class TokenKeeper:
         )
         self._current = current
         self.status.generation = restored.generation
-        if not restored.same_request or remaining <= max(self.config.min_lifetime, 1):
+        if not self._reusable(restored, remaining):
             return now
         # Rewrite the files only if the config changed how they look: a restart
         # with a thousand intact tokens then costs a stat each, not 3 writes.
@@ -213,6 +221,20 @@ class TokenKeeper:
         )
 
         return self._refresh_deadline(token)
+
+    def reuses_cache(self) -> bool:
+        """True if :meth:`restore` will reuse the token :meth:`load_cache` found."""
+        restored = self._cached[0] if self._cached else None
+        return restored is not None and self._reusable(
+            restored, self._remaining(restored.token)
+        )
+
+    def _reusable(self, restored: Restored, remaining: float) -> bool:
+        """A cached token is reused if made for this request and not about to expire."""
+        return restored.same_request and remaining > max(self.config.min_lifetime, 1)
+
+    def _remaining(self, token: AccessToken) -> float:
+        return token.remaining(datetime.fromtimestamp(self.clock.wall(), UTC))
 
     def load_cache(self) -> None:
         """Read what an earlier run left for this token (blocking file I/O).

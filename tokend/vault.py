@@ -88,6 +88,7 @@ class VaultSource:
         self._login = Login(settings)
         self._ahead = ReadAhead()
         self._reading: set[anyio.CancelScope] = set()  # read-aheads, for aclose
+        self._closed = False
 
     async def read_credentials(
         self, path: str, *, fresh: bool = False, secret: bool = True
@@ -133,18 +134,26 @@ class VaultSource:
         """
         return self._ahead.plan(paths)
 
-    async def read_ahead(self, batches: list[Batch]) -> None:
+    async def read_ahead(
+        self, batches: list[Batch], after: anyio.Event | None = None
+    ) -> None:
         """Read planned credentials in a few worker calls (:mod:`tokend.read_ahead`).
 
-        Nothing is raised: a keeper whose secret was not read reads it
-        itself, and that read reports what went wrong. :meth:`aclose` (a
-        reload that replaces this source) ends it.
+        With ``after``, the reading (and a login it needs) waits until that
+        event is set. Nothing is raised: a keeper whose secret was not read
+        reads it itself, and that read reports what went wrong. :meth:`aclose`
+        (a reload that replaces this source) ends it; the batches are released
+        however it ends.
         """
         if not batches:
             return
         with anyio.CancelScope() as scope:
             self._reading.add(scope)
             try:
+                if after is not None:
+                    await after.wait()
+                if self._closed:
+                    return
                 client = self._client or await self.login()
                 read_one = functools.partial(self._read_kv, client)
                 await self._ahead.read(batches, read_one)
@@ -275,6 +284,7 @@ class VaultSource:
         self._login.inherit(previous._login)
 
     async def aclose(self) -> None:
+        self._closed = True
         for scope in self._reading:
             scope.cancel()
         if self._client is not None:
