@@ -90,7 +90,9 @@ class PoolAdapter(hvac.adapters.Adapter):  # type: ignore[misc]
             **kwargs,
         )
         tls: dict[str, Any] = {}
-        if verify is True:
+        if not base_uri.startswith("https:"):
+            pass  # a CA store parsed for nothing would cost 2 MB of memory
+        elif verify is True:
             tls["ssl_context"] = ssl.create_default_context()
         elif verify is False:
             tls["cert_reqs"] = "CERT_NONE"
