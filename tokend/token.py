@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -64,11 +65,12 @@ class AccessToken:
     audience: str | None = None
     claims: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
-    @property
+    # Computed once: status, metrics and every log line of the token ask again.
+    @functools.cached_property
     def expires_at(self) -> datetime:
         return self.issued_at + timedelta(seconds=self.lifetime)
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         return fingerprint(self.value.get_secret_value())
 
