@@ -332,38 +332,33 @@ async def test_read_ahead_after_an_event_logs_in_only_then(
     """A restart's read-ahead waits for its keepers; closing the source releases it."""
     path = f"tokend/after-{secrets.token_hex(3)}"
     bao.write_secret(path, {"client_id": "svc-later", "client_secret": "s"})
+
+    async def no_own_read(path: str, *args: str) -> dict[str, object]:
+        raise AssertionError(f"{path} read on its own, not ahead")
+
     source = root_vault(bao, tmp_path)
+    source.read_secret = no_own_read  # type: ignore[method-assign]
     restored = anyio.Event()
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(
-                source.read_ahead, source.plan_read_ahead([path]), restored
-            )
+            (batch,) = source.plan_read_ahead([path])
+            group.start_soon(source.read_ahead, [batch], restored)
             await anyio.sleep(0.3)
-            logins_before = source.state.logins
+            waited = not batch.done.is_set() and source.state.logins == 0
             restored.set()
             credentials = await source.read_credentials(path)
     finally:
         await source.aclose()
+    # Closed before it could start: released at once, and no login.
     closed = root_vault(bao, tmp_path)
-    never = anyio.Event()
-    own_reads: list[str] = []
+    (unread,) = closed.plan_read_ahead([path])
+    await closed.aclose()
+    with anyio.fail_after(5):
+        await closed.read_ahead([unread], restored)
 
-    async def counted(path: str, *args: str) -> dict[str, object]:
-        own_reads.append(path)
-        return {"client_id": "svc-own", "client_secret": "s"}
-
-    closed.read_secret = counted  # type: ignore[method-assign]
-    async with anyio.create_task_group() as group:
-        group.start_soon(closed.read_ahead, closed.plan_read_ahead([path]), never)
-        await anyio.sleep(0.1)
-        await closed.aclose()
-        with anyio.fail_after(5):  # released: the keeper reads on its own
-            own = await closed.read_credentials(path)
-
-    assert logins_before == 0 and source.state.logins == 1
-    assert credentials.client_id == "svc-later"
-    assert own.client_id == "svc-own" and own_reads == [path]
+    assert waited
+    assert credentials.client_id == "svc-later" and source.state.logins == 1
+    assert unread.done.is_set() and not unread.found
     assert closed.state.logins == 0
 
 

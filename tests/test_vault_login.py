@@ -326,7 +326,7 @@ def test_cert_login_with_an_untrusted_certificate_is_refused(
 
 
 def test_vault_certificate_not_trusted_points_at_ca_file(
-    tls_bao: BaoServer, tmp_path: Path
+    tls_bao: BaoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     token_file = tmp_path / "token"
     write_private_file(token_file, tls_bao.root_token)
@@ -346,6 +346,10 @@ def test_vault_certificate_not_trusted_points_at_ca_file(
     with pytest.raises(VaultUnavailableError) as caught:
         anyio.run(login, untrusted)
     anyio.run(login, trusted)
+    # Without ca_file, the system's trust store decides (here: OpenSSL's
+    # SSL_CERT_FILE), as for the OAuth server; not a bundle of requests' own.
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_bao.ca_file))
+    anyio.run(login, untrusted)
 
     assert str(caught.value) == (
         f"TLS with Vault at {tls_bao.address} failed; check vault.ca_file"

@@ -420,14 +420,13 @@ class KeyProblem(ValueError):
 
 
 def check_url(loc: Location, url: str, allow_http: bool) -> None:
-    problem = _url_problem(url, allow_http)
+    problem = url_problem(url, allow_http)
     if problem is not None:
         raise KeyProblem(loc, problem)
 
 
-# A thousand tokens that inherit [oauth]'s token_url check the same URL.
-@functools.lru_cache(maxsize=256)
-def _url_problem(url: str, allow_http: bool) -> str | None:
+def url_problem(url: str, allow_http: bool) -> str | None:
+    """What is wrong with ``url`` as an endpoint, or None."""
     try:
         parts = urlsplit(url)
         port = parts.port

@@ -310,7 +310,7 @@ class Daemon:
         # keeper, is ready sooner. Their secrets likewise, in a few batches.
         await anyio.to_thread.run_sync(_load_caches, keepers)
         vault = self._vault
-        assert vault is not None
+        assert vault is not None and self.loaded is not None
         # Secrets for tokens to request now are read at once. A keeper that
         # reuses its cached token reads its secret only to check the
         # client_id (and hold the secret for later): those wait until every
@@ -324,7 +324,9 @@ class Daemon:
             keeper.on_restored = restored.count
             self._run_keeper(group, keeper)
         group.start_soon(vault.read_ahead, now)
-        group.start_soon(vault.read_ahead, later, restored.done)
+        # Not for ever: a restore stuck in a file write holds up no one's check.
+        patience = self.loaded.settings.daemon.startup_timeout
+        group.start_soon(vault.read_ahead, later, restored.done, patience)
 
     def _new_keeper(self, token: TokenConfig) -> TokenKeeper:
         assert self.loaded is not None and self._vault is not None

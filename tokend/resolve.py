@@ -40,9 +40,11 @@ def resolve_tokens(settings: Settings) -> tuple[dict[str, TokenConfig], list[Pro
     tokens: dict[str, TokenConfig] = {}
     problems: list[Problem] = []
     paths: dict[Path, str] = {}
+    # A thousand tokens inheriting [oauth]'s token_url check it once.
+    good_urls: set[tuple[str, bool]] = set()
     for name, spec in settings.tokens.items():
         try:
-            token = _resolve_token(name, spec, settings)
+            token = _resolve_token(name, spec, settings, good_urls)
         except _TokenProblems as exc:
             # A bad default shows up once, not once per token that inherits it.
             problems += [p for p in exc.problems if p not in problems]
@@ -100,7 +102,12 @@ class _Checks:
         return False
 
 
-def _resolve_token(name: str, spec: TokenSettings, settings: Settings) -> TokenConfig:
+def _resolve_token(
+    name: str,
+    spec: TokenSettings,
+    settings: Settings,
+    good_urls: set[tuple[str, bool]],
+) -> TokenConfig:
     oauth, files = settings.oauth, settings.files
     checks = _Checks()
 
@@ -120,7 +127,9 @@ def _resolve_token(name: str, spec: TokenSettings, settings: Settings) -> TokenC
                 "a token name is 1-64 letters, digits, '.', '_' or '-', starts "
                 "with a letter or digit and does not end in '.json'",
             )
-    token_url, issuer, allow_http = _resolve_endpoint(name, spec, oauth, checks)
+    token_url, issuer, allow_http = _resolve_endpoint(
+        name, spec, oauth, checks, good_urls
+    )
     client_auth = pick("client_auth", oauth.client_auth)
     assertion_audience = pick("assertion_audience", oauth.assertion_audience)
     _check_client_auth(name, spec, client_auth, checks)
@@ -304,7 +313,11 @@ def _reader_entries(readers: list[str], loc: Location) -> tuple[str, ...]:
 
 
 def _resolve_endpoint(
-    name: str, spec: TokenSettings, oauth: OAuthDefaults, checks: _Checks
+    name: str,
+    spec: TokenSettings,
+    oauth: OAuthDefaults,
+    checks: _Checks,
+    good_urls: set[tuple[str, bool]],
 ) -> tuple[str | None, str | None, bool]:
     """The token's token_url or issuer (its own pair wins over [oauth]'s)."""
     if spec.token_url is not None or spec.issuer is not None:
@@ -325,9 +338,10 @@ def _resolve_endpoint(
                 "set exactly one of token_url or issuer (in the token or in [oauth])",
             )
     for key, url in (("token_url", token_url), ("issuer", issuer)):
-        if url is not None:
+        if url is not None and (url, allow_http) not in good_urls:
             with checks.check():
                 check_url((*url_loc, key), url, allow_http)
+                good_urls.add((url, allow_http))
 
     return token_url, issuer, allow_http
 

@@ -16,6 +16,7 @@ import base64
 import binascii
 import functools
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -135,23 +136,27 @@ class VaultSource:
         return self._ahead.plan(paths)
 
     async def read_ahead(
-        self, batches: list[Batch], after: anyio.Event | None = None
+        self,
+        batches: list[Batch],
+        after: anyio.Event | None = None,
+        patience: float = math.inf,
     ) -> None:
         """Read planned credentials in a few worker calls (:mod:`tokend.read_ahead`).
 
         With ``after``, the reading (and a login it needs) waits until that
-        event is set. Nothing is raised: a keeper whose secret was not read
-        reads it itself, and that read reports what went wrong. :meth:`aclose`
-        (a reload that replaces this source) ends it; the batches are released
-        however it ends.
+        event is set, or ``patience`` seconds. Nothing is raised: a keeper
+        whose secret was not read reads it itself, and that read reports what
+        went wrong. :meth:`aclose` (a reload that replaces this source) ends
+        it; the batches are released however it ends.
         """
         if not batches:
             return
         with anyio.CancelScope() as scope:
             self._reading.add(scope)
             try:
-                if after is not None:
-                    await after.wait()
+                if after is not None and not self._closed:
+                    with anyio.move_on_after(patience):
+                        await after.wait()
                 if self._closed:
                     return
                 client = self._client or await self.login()

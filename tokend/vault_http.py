@@ -9,11 +9,16 @@ the event loop needs, so that cost lands on the time to READY.
 
 The adapter keeps what the requests path does for Vault: the same headers
 (X-Vault-Token, X-Vault-Namespace, X-Vault-Request, X-Vault-Wrap-TTL), JSON
-bodies, a client certificate, connect and read timeouts, redirects followed
-(a standby may redirect), no proxy from the environment, and hvac's
-exceptions for error statuses. Without ``vault.ca_file`` the system's trust
-store verifies Vault, as it does the OAuth server (requests would have used
-certifi's bundle, which leaves out an organisation's own CA). Transport
+bodies, a client certificate, connect and read timeouts, no proxy from the
+environment, and hvac's exceptions for error statuses. Redirects are followed
+only as a standby sends them (307 or 308, same method and body), and never
+from https to http: a login's secret_id or JWT goes nowhere else. One TLS
+context per client holds the CA and the client certificate; urllib3 would
+otherwise load the certificate into a shared context for every new
+connection, which is not safe while other threads use it. Without
+``vault.ca_file`` the system's trust store verifies Vault, as it does the
+OAuth server (requests would have used certifi's bundle, which leaves out an
+organisation's own CA). Transport
 failures are urllib3's exceptions, unwrapped from MaxRetryError;
 :meth:`tokend.vault.VaultSource._translate` names them.
 
@@ -23,10 +28,9 @@ hvac and urllib3 are imported with this module, by the first login.
 from __future__ import annotations
 
 import json
-import os
 import ssl
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin
 
 import hvac.adapters
 import hvac.utils
@@ -36,6 +40,7 @@ import urllib3.exceptions
 from tokend.http import USER_AGENT
 
 MAX_REDIRECTS = 5
+REDIRECTS = frozenset({307, 308})  # method and body kept, as a standby sends them
 # Connections kept per Vault host: the read-ahead's threads, a login, a renewal.
 POOL_SIZE = 10
 
@@ -90,28 +95,45 @@ class PoolAdapter(hvac.adapters.Adapter):  # type: ignore[misc]
             **kwargs,
         )
         tls: dict[str, Any] = {}
-        if not base_uri.startswith("https:"):
-            pass  # a CA store parsed for nothing would cost 2 MB of memory
-        elif verify is True:
-            tls["ssl_context"] = ssl.create_default_context()
-        elif verify is False:
-            tls["cert_reqs"] = "CERT_NONE"
-        else:
-            key = "ca_cert_dir" if os.path.isdir(verify) else "ca_certs"
-            tls.update(cert_reqs="CERT_REQUIRED", **{key: str(verify)})
-        if cert:
-            tls.update(cert_file=cert[0], key_file=cert[1])
+        # Over plain http no CA store is parsed (2 MB of memory per login).
+        if base_uri.startswith("https:"):
+            tls["ssl_context"] = _tls_context(verify, cert)
         self._redirects = MAX_REDIRECTS if allow_redirects else 0
         self._pool = urllib3.PoolManager(
             num_pools=4,
             maxsize=POOL_SIZE,
             timeout=urllib3.Timeout(connect=timeout, read=timeout),
-            headers={"User-Agent": USER_AGENT},
+            retries=False,
             **tls,
         )
 
     def close(self) -> None:
         self._pool.clear()
+
+    def _send(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> urllib3.BaseHTTPResponse:
+        """One request, and the 307/308 redirects a standby answers with."""
+        for _ in range(self._redirects + 1):
+            try:
+                response = self._pool.request(
+                    method, url, body=body, headers=headers, redirect=False
+                )
+            except urllib3.exceptions.MaxRetryError as exc:
+                # The failure itself (refused, timed out, TLS), not the wrapper.
+                raise (exc.reason or exc) from None
+            location = response.headers.get("Location")
+            if response.status not in REDIRECTS or not location or not self._redirects:
+                return response
+            target = urljoin(url, location)
+            if url.startswith("https:") and not target.startswith("https:"):
+                raise urllib3.exceptions.ProtocolError(
+                    "Vault redirected from https to plain http; not followed"
+                )
+            url = target
+        raise urllib3.exceptions.ProtocolError(
+            f"more than {self._redirects} redirects from Vault"
+        )
 
     def get_login_token(self, response: Any) -> str:
         return str(response["auth"]["client_token"])
@@ -127,7 +149,7 @@ class PoolAdapter(hvac.adapters.Adapter):  # type: ignore[misc]
         while "//" in url:
             url = url.replace("//", "/")
         url = self.urljoin(self.base_uri, url)
-        headers = dict(headers or {})
+        headers = {"User-Agent": USER_AGENT, **(headers or {})}
         if self.request_header:
             headers["X-Vault-Request"] = "true"
         if self.token:
@@ -147,29 +169,7 @@ class PoolAdapter(hvac.adapters.Adapter):  # type: ignore[misc]
         if payload is not None:
             body = json.dumps(payload).encode()
             headers["Content-Type"] = "application/json"
-        retries = urllib3.Retry(
-            total=None,
-            connect=0,
-            read=0,
-            status=0,
-            other=0,
-            redirect=self._redirects,
-            raise_on_redirect=True,
-            raise_on_status=False,
-        )
-        try:
-            response = self._pool.request(
-                method.upper(),
-                url,
-                body=body,
-                headers=headers,
-                retries=retries,
-                redirect=self._redirects > 0,
-                preload_content=True,
-            )
-        except urllib3.exceptions.MaxRetryError as exc:
-            # The failure itself (refused, timed out, TLS), not the wrapper.
-            raise (exc.reason or exc) from None
+        response = self._send(method.upper(), url, body, headers)
         status, data = response.status, response.data
         if status >= 400 and raise_exception and not self.ignore_exceptions:
             _raise_for_error(method, url, status, data, response.headers)
@@ -179,6 +179,22 @@ class PoolAdapter(hvac.adapters.Adapter):  # type: ignore[misc]
             except ValueError:
                 pass
         return Answer(status, data, response.headers)
+
+
+def _tls_context(verify: bool | str, cert: tuple[str, str] | None) -> ssl.SSLContext:
+    """The client's one TLS context: vault.ca_file or the system store, its cert."""
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context = ssl.create_default_context(
+            cafile=None if verify is True else str(verify)
+        )
+    context.keylog_filename = None  # type: ignore[assignment]  # no $SSLKEYLOGFILE
+    if cert:
+        context.load_cert_chain(cert[0], cert[1])
+    return context
 
 
 def _raise_for_error(
