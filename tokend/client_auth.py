@@ -27,6 +27,7 @@ import anyio.to_thread
 
 from tokend.config import SECRET_CLIENT_AUTH, TokenConfig
 from tokend.errors import CredentialsError, TokendError
+from tokend.http import client_tls_context
 from tokend.oauth import RequestAuth, TokenEndpoint, secret_auth
 from tokend.token import format_time
 from tokend.vault import VaultSource
@@ -183,8 +184,7 @@ def load_certificate(
         raise CredentialsError(f"{described} came without certificate or private key")
     try:
         leaf = x509.load_pem_x509_certificate(str(parts[0]).encode())
-        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-        context.keylog_filename = None  # type: ignore[assignment]  # no $SSLKEYLOGFILE
+        context = client_tls_context(str(ca_file) if ca_file else None)
         context.post_handshake_auth = True  # servers asking per location (TLS 1.3)
         _load_chain(context, "\n".join([*map(str, parts), str(key)]))
     except (ValueError, ssl.SSLError, OSError) as exc:

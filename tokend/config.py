@@ -420,30 +420,23 @@ class KeyProblem(ValueError):
 
 
 def check_url(loc: Location, url: str, allow_http: bool) -> None:
-    problem = url_problem(url, allow_http)
-    if problem is not None:
-        raise KeyProblem(loc, problem)
-
-
-def url_problem(url: str, allow_http: bool) -> str | None:
-    """What is wrong with ``url`` as an endpoint, or None."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        return f"not a valid URL ({exc}): {url!r}"
+        raise KeyProblem(loc, f"not a valid URL ({exc}): {url!r}") from None
     if parts.scheme not in ("https", "http") or not parts.hostname:
-        return f"expected an https:// URL, got {url!r}"
+        raise KeyProblem(loc, f"expected an https:// URL, got {url!r}")
     # Every white space but " " is unprintable: one C call per URL.
     if port == 0 or " " in url or not url.isprintable():
-        return f"not a valid URL: {url!r}"
+        raise KeyProblem(loc, f"not a valid URL: {url!r}")
     if (
         parts.scheme == "http"
         and not allow_http
         and not is_loopback_host(parts.hostname)
     ):
-        return (
+        raise KeyProblem(
+            loc,
             f"plain http is allowed only to loopback, got {url!r}; "
-            "use https or set allow_insecure_http = true"
+            "use https or set allow_insecure_http = true",
         )
-    return None

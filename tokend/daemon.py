@@ -113,17 +113,6 @@ def prepare_workspace(loaded: LoadedConfig) -> Workspace:
     return workspace
 
 
-def _secret_paths(
-    keepers: list[TokenKeeper], reusing: list[bool], which: bool
-) -> list[str]:
-    """The Vault paths of the keepers whose ``reusing`` flag is ``which``."""
-    return [
-        path
-        for keeper, reuses in zip(keepers, reusing, strict=True)
-        if reuses == which and (path := keeper.authenticator.credentials_path)
-    ]
-
-
 class _Countdown:
     """``done`` is set after :meth:`count` was called ``total`` times."""
 
@@ -316,9 +305,12 @@ class Daemon:
         # client_id (and hold the secret for later): those wait until every
         # keeper has restored, so that hvac's import, the login and the reads
         # do not share the CPU with a restart on its way to READY=1.
-        reusing = [keeper.reuses_cache() for keeper in keepers]
-        now = vault.plan_read_ahead(_secret_paths(keepers, reusing, False))
-        later = vault.plan_read_ahead(_secret_paths(keepers, reusing, True))
+        paths: dict[bool, list[str]] = {False: [], True: []}
+        for keeper in keepers:
+            if path := keeper.authenticator.credentials_path:
+                paths[keeper.reuses_cache()].append(path)
+        now = vault.plan_read_ahead(paths[False])
+        later = vault.plan_read_ahead(paths[True])
         restored = _Countdown(len(keepers))
         for keeper in keepers:
             keeper.on_restored = restored.count

@@ -12,9 +12,24 @@ from typing import TYPE_CHECKING
 from tokend import __version__
 
 if TYPE_CHECKING:
+    import ssl
+
     import aiohttp
 
 USER_AGENT = f"tokend/{__version__}"
+
+
+def client_tls_context(cafile: str | None = None) -> ssl.SSLContext:
+    """A verifying client context: ``cafile`` or the system store, no key log.
+
+    ``$SSLKEYLOGFILE`` would otherwise make every TLS session's keys land in
+    a file (blocking: reads the CA file or store).
+    """
+    import ssl
+
+    context = ssl.create_default_context(cafile=cafile)
+    context.keylog_filename = None  # type: ignore[assignment]
+    return context
 
 
 def is_loopback_host(host: str | None) -> bool:

@@ -35,7 +35,7 @@ from tokend.errors import (
     TokenEndpointError,
     TokenRejectedError,
 )
-from tokend.http import USER_AGENT, read_body
+from tokend.http import USER_AGENT, client_tls_context, read_body
 from tokend.token import AccessToken, ClientCredentials, decode_jwt_claims
 
 if TYPE_CHECKING:
@@ -197,9 +197,7 @@ class TokenEndpoint:
 
         cafile = str(self._ca_file) if self._ca_file else None
         try:
-            context = ssl.create_default_context(cafile=cafile)
-            context.keylog_filename = None  # type: ignore[assignment]  # no $SSLKEYLOGFILE
-            return context
+            return client_tls_context(cafile)
         except (OSError, ssl.SSLError) as exc:
             raise TokenEndpointError(
                 f"cannot load the CA bundle {cafile} for {self.location}: {exc}; "

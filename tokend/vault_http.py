@@ -18,9 +18,9 @@ otherwise load the certificate into a shared context for every new
 connection, which is not safe while other threads use it. Without
 ``vault.ca_file`` the system's trust store verifies Vault, as it does the
 OAuth server (requests would have used certifi's bundle, which leaves out an
-organisation's own CA). Transport
-failures are urllib3's exceptions, unwrapped from MaxRetryError;
-:meth:`tokend.vault.VaultSource._translate` names them.
+organisation's own CA). Transport failures are urllib3's exceptions,
+unwrapped from MaxRetryError; :meth:`tokend.vault.VaultSource._translate`
+names them.
 
 hvac and urllib3 are imported with this module, by the first login.
 """
@@ -37,7 +37,7 @@ import hvac.utils
 import urllib3
 import urllib3.exceptions
 
-from tokend.http import USER_AGENT
+from tokend.http import USER_AGENT, client_tls_context
 
 MAX_REDIRECTS = 5
 REDIRECTS = frozenset({307, 308})  # method and body kept, as a standby sends them
@@ -182,16 +182,11 @@ class PoolAdapter(hvac.adapters.Adapter):  # type: ignore[misc]
 
 
 def _tls_context(verify: bool | str, cert: tuple[str, str] | None) -> ssl.SSLContext:
-    """The client's one TLS context: vault.ca_file or the system store, its cert."""
-    if verify is False:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        context = ssl.create_default_context(
-            cafile=None if verify is True else str(verify)
-        )
-    context.keylog_filename = None  # type: ignore[assignment]  # no $SSLKEYLOGFILE
+    """The client's one TLS context: vault.ca_file or the system store, its cert.
+
+    tokend always verifies: ``verify`` is True or the CA file.
+    """
+    context = client_tls_context(None if verify is True else str(verify))
     if cert:
         context.load_cert_chain(cert[0], cert[1])
     return context
