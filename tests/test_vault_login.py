@@ -313,15 +313,8 @@ def test_cert_login_with_an_untrusted_certificate_is_refused(
         ca_file=tls_bao.ca_file,
     )
 
-    async def login() -> None:
-        source = VaultSource(settings)
-        try:
-            await source.login()
-        finally:
-            await source.aclose()
-
     with pytest.raises(CredentialsError) as caught:
-        anyio.run(login)
+        anyio.run(log_in_once, settings)
     assert "auth/cert/login" in str(caught.value)
 
 
@@ -336,26 +329,27 @@ def test_vault_certificate_not_trusted_points_at_ca_file(
     assert tls_bao.ca_file is not None
     trusted = untrusted.model_copy(update={"ca_file": tls_bao.ca_file})
 
-    async def login(settings: VaultSettings) -> None:
-        source = VaultSource(settings)
-        try:
-            await source.login()
-        finally:
-            await source.aclose()
-
     with pytest.raises(VaultUnavailableError) as caught:
-        anyio.run(login, untrusted)
-    anyio.run(login, trusted)
+        anyio.run(log_in_once, untrusted)
+    anyio.run(log_in_once, trusted)
     # Without ca_file, the system's trust store decides (here: OpenSSL's
     # SSL_CERT_FILE), as for the OAuth server; not a bundle of requests' own.
     monkeypatch.setenv("SSL_CERT_FILE", str(tls_bao.ca_file))
-    anyio.run(login, untrusted)
+    anyio.run(log_in_once, untrusted)
 
     assert str(caught.value) == (
         f"TLS with Vault at {tls_bao.address} failed; check vault.ca_file"
     )
     assert caught.value.kind == "retryable"
     assert tls_bao.root_token not in str(caught.value)
+
+
+async def log_in_once(settings: VaultSettings) -> None:
+    source = VaultSource(settings)
+    try:
+        await source.login()
+    finally:
+        await source.aclose()
 
 
 def self_signed(key: ec.EllipticCurvePrivateKey) -> bytes:
