@@ -197,6 +197,44 @@ def test_notify_sequence_ready_reload_stop(
 
 
 @pytest.mark.e2e
+def test_restart_is_ready_once_the_tokens_it_could_not_reuse_are_written(
+    stack: Stack, notify_socket: NotifyFactory
+) -> None:
+    """Reused tokens are ready at once; a token added meanwhile holds READY=1 up."""
+    for name in ("orders", "billing"):
+        stack.add_service(name)
+    stack.write_config({name: stack.token_entry(name) for name in stack.services})
+    first = stack.start()
+    first.wait_for_log("ready 2/2 tokens fresh")
+    assert first.stop()[0] == 0
+    stack.add_service("added")
+    stack.write_config({name: stack.token_entry(name) for name in stack.services})
+    requests = {
+        name: stack.oauth.token_requests(service.client_id)
+        for name, service in stack.services.items()
+    }
+    watched = [stack.token_path(name) for name in stack.services]
+
+    for run in range(2):  # with one token to fetch, then with all three reused
+        notify = notify_socket(watched)
+        daemon = stack.start(env={"NOTIFY_SOCKET": str(notify.path)})
+        ready = notify.wait_for("READY")
+        assert ready.files_present, f"run {run}: READY=1 before the added token"
+        assert ready.fields["STATUS"] == "3/3 tokens fresh"
+        daemon.wait_for_log("cached token reused token=billing")
+        assert daemon.stop()[0] == 0
+        reused = {"orders", "billing"} | ({"added"} if run else set())
+        for name in reused:
+            assert f"cached token reused token={name}" in daemon.log()
+
+    after = {
+        name: stack.oauth.token_requests(service.client_id)
+        for name, service in stack.services.items()
+    }
+    assert after == {**requests, "added": requests["added"] + 1}
+
+
+@pytest.mark.e2e
 def test_ready_follows_a_failed_first_attempt(
     stack: Stack, notify_socket: NotifyFactory
 ) -> None:

@@ -288,11 +288,12 @@ class Daemon:
             settings.vault.address,
             settings.vault.auth,
         )
-        await self._start_keepers(group, list(loaded.tokens.values()))
+        await self._start_keepers(group, list(loaded.tokens.values()), start=True)
 
     async def _start_keepers(
-        self, group: anyio.abc.TaskGroup, tokens: list[TokenConfig]
+        self, group: anyio.abc.TaskGroup, tokens: list[TokenConfig], start: bool = False
     ) -> None:
+        """Start a keeper per token; at ``start``, READY=1 early if all reused."""
         keepers = [self._new_keeper(token) for token in tokens]
         # Every cached token and state record in one worker thread, not one
         # (or two) per token: a restart, or a reload that restarts every
@@ -306,15 +307,23 @@ class Daemon:
         # keeper has restored, so that hvac's import, the login and the reads
         # do not share the CPU with a restart on its way to READY=1.
         paths: dict[bool, list[str]] = {False: [], True: []}
-        for keeper in keepers:
-            if path := keeper.authenticator.credentials_path:
-                paths[keeper.reuses_cache()].append(path)
-        now = vault.plan_read_ahead(paths[False])
-        later = vault.plan_read_ahead(paths[True])
         restored = _Countdown(len(keepers))
         for keeper in keepers:
             keeper.on_restored = restored.count
-            self._run_keeper(group, keeper)
+            # A token whose files are intact is reused here, in one pass
+            # without a task switch; its keeper's restore() only looks it up.
+            reused = keeper.restore_cached() or keeper.reuses_cache()
+            if path := keeper.authenticator.credentials_path:
+                paths[reused].append(path)
+        now = vault.plan_read_ahead(paths[False])
+        later = vault.plan_read_ahead(paths[True])
+        runs = [self._register(keeper) for keeper in keepers]
+        if start and all(keeper.settled.is_set() for keeper in keepers):
+            # A restart that reused every token is ready before a thousand
+            # tasks are spawned and stepped once each.
+            await self._send_ready()
+        for running in runs:
+            group.start_soon(self._supervise, running)
         group.start_soon(vault.read_ahead, now)
         # Not for ever: a restore stuck in a file write holds up no one's check.
         patience = self.loaded.settings.daemon.startup_timeout
@@ -335,11 +344,10 @@ class Daemon:
             batches=self._batches,
         )
 
-    def _run_keeper(self, group: anyio.abc.TaskGroup, keeper: TokenKeeper) -> None:
+    def _register(self, keeper: TokenKeeper) -> _Running:
         token = keeper.config
         running = _Running(keeper, anyio.CancelScope())
         self._running[token.name] = running
-        group.start_soon(self._supervise, running)
         logger.debug(
             "token configured token=%s file=%s audience=%s scopes=%s",
             token.name,
@@ -347,6 +355,7 @@ class Daemon:
             token.audience,
             " ".join(token.scopes),
         )
+        return running
 
     async def _supervise(self, running: _Running) -> None:
         try:
@@ -382,20 +391,26 @@ class Daemon:
             await vault.keep_login()
 
     async def _announce_ready(self, loaded: LoadedConfig) -> None:
-        timeout = loaded.settings.daemon.startup_timeout
-        with anyio.move_on_after(timeout) as waited:
-            for running in list(self._running.values()):
-                if not running.keeper.settled.is_set():  # no checkpoint per token
-                    await running.keeper.settled.wait()
-        summary = self.summary()
-        if waited.cancelled_caught:
-            logger.warning("startup_timeout of %.0fs reached; ready anyway", timeout)
-        await systemd.notify_ready(summary)
-        self._ready_sent = True
-        logger.info("ready %s", summary)
+        if not self._ready_sent:
+            timeout = loaded.settings.daemon.startup_timeout
+            with anyio.move_on_after(timeout) as waited:
+                for running in list(self._running.values()):
+                    if not running.keeper.settled.is_set():  # no checkpoint per token
+                        await running.keeper.settled.wait()
+            if waited.cancelled_caught:
+                logger.warning(
+                    "startup_timeout of %.0fs reached; ready anyway", timeout
+                )
+            await self._send_ready()
         while True:
             await anyio.sleep(10)
             systemd.notify_status(self.summary())
+
+    async def _send_ready(self) -> None:
+        summary = self.summary()
+        await systemd.notify_ready(summary)
+        self._ready_sent = True
+        logger.info("ready %s", summary)
 
     async def _open_control(self, loaded: LoadedConfig) -> ControlServer | None:
         """Bind the control socket; without it tokens are still kept fresh."""

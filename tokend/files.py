@@ -340,7 +340,7 @@ def remove_file(path: Path) -> bool:
     return True
 
 
-def read_own_file(path: Path) -> bytes | None:
+def read_own_file(path: str | Path) -> bytes | None:
     """Read a file tokend wrote, without following a link; None if absent."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

@@ -140,6 +140,8 @@ class TokenKeeper:
         self.next_due: Deadline | None = None
         # What load_cache() read ahead for restore(), if the daemon called it.
         self._cached: tuple[Restored | None, int, bool] | None = None
+        # When to refresh the token restore_cached() reused, for restore().
+        self._reused_due: Deadline | None = None
 
     @property
     def name(self) -> str:
@@ -178,6 +180,9 @@ class TokenKeeper:
         file until the refresh (due now) replaces it or it expires; an expired
         one is removed at once (with ``on_expiry = "remove"``).
         """
+        if (due := self._reused_due) is not None:
+            self._reused_due = None
+            return due
         cached, self._cached = self._cached, None
         if cached is None:
             cached = await anyio.to_thread.run_sync(self._read_cache)
@@ -187,16 +192,8 @@ class TokenKeeper:
             # A crash between the token file and its record: keep counting up.
             self.status.generation = generation
             return now
-        token = restored.token
-        remaining = self._remaining(token)
-        current = _Current(
-            token,
-            Deadline.after(self.clock, remaining),
-            restored.client_id,
-            restored.generation,
-        )
-        self._current = current
-        self.status.generation = restored.generation
+        remaining = self._remaining(restored.token)
+        current = self._take_over(restored, remaining)
         if not self._reusable(restored, remaining):
             return now
         # Rewrite the files only if the config changed how they look: a restart
@@ -209,6 +206,42 @@ class TokenKeeper:
                 "cached token not republished token=%s error=%s", self.name, exc
             )
             return now
+
+        return self._reuse(current)
+
+    def restore_cached(self) -> bool:
+        """Reuse the cached token :meth:`load_cache` found, if its files need
+        no rewrite; :meth:`restore` then only returns when to refresh it.
+
+        Blocks on nothing, so that the daemon can send ``READY=1`` for a
+        restart whose tokens are all intact before it starts their tasks.
+        Returns True if the token was reused.
+        """
+        restored, _, as_configured = self._cached or (None, 0, False)
+        if restored is None or not as_configured:
+            return False
+        remaining = self._remaining(restored.token)
+        if not self._reusable(restored, remaining):
+            return False
+        self._cached = None
+        self._reused_due = self._reuse(self._take_over(restored, remaining))
+        return True
+
+    def _take_over(self, restored: Restored, remaining: float) -> _Current:
+        """Hold the token an earlier run published, reusable or not."""
+        current = _Current(
+            restored.token,
+            Deadline.after(self.clock, remaining),
+            restored.client_id,
+            restored.generation,
+        )
+        self._current = current
+        self.status.generation = restored.generation
+        return current
+
+    def _reuse(self, current: _Current) -> Deadline:
+        """Serve the taken-over token as fresh; return when to refresh it."""
+        token = current.token
         self._adopt(current)
         self._off_schedule = False
         self.settled.set()
@@ -255,7 +288,7 @@ class TokenKeeper:
         as_configured = (
             restored.same_request
             and (restored.path, restored.format)
-            == (self.config.path, self.config.format)
+            == (str(self.config.path), self.config.format)
             and self._files_as_configured()
         )
         return restored, restored.generation, as_configured

