@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.support.stack import Stack
+from tokend.config import RefreshSettings
 
 pytestmark = pytest.mark.e2e
 
@@ -327,12 +328,15 @@ def test_keeps_a_60s_token_fresh_for_5_minutes(stack: Stack) -> None:
         time.sleep(0.25)
 
     requests = stack.oauth.token_requests(service.client_id) - before
+    # Refreshes come after min_share-max_share of the 60 s lifetime (30-36 s
+    # by default, before the 10-s margin), the first one from 5 % (3 s) on.
+    policy = RefreshSettings()
+    shortest, longest = policy.min_share * 60, policy.max_share * 60
+    fewest, most = math.floor(duration / longest), math.ceil(duration / shortest) + 1
     sys.stdout.write(
         f"\n5-minute run: {reads} reads, all verified; {len(tokens)} tokens; "
-        f"{requests} requests (schedule allows {math.floor(duration / 48)}-"
-        f"{math.ceil(duration / 42) + 1})\n"
+        f"{requests} requests (schedule allows {fewest}-{most})\n"
     )
-    # Refreshes come after 70-80% of the 60 s lifetime (margin 10 s: 42-48 s).
-    assert math.floor(duration / 48) <= requests <= math.ceil(duration / 42) + 1
+    assert fewest <= requests <= most
     assert len(tokens) == requests
     assert reads > 1000

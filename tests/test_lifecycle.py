@@ -241,7 +241,7 @@ async def test_clock_jump_or_resume_refreshes_quickly(
     async with anyio.create_task_group() as group:
         group.start_soon(harness.keeper.run)
         await wait_for(lambda: harness.keeper.status.generation == 1)
-        setattr(harness.clock, clock_field, 3000.0)  # past 80% of 3600 s
+        setattr(harness.clock, clock_field, 3000.0)  # past 60 % of 3600 s
         started = time.monotonic()
         await wait_for(lambda: harness.keeper.status.generation == 2)
         group.cancel_scope.cancel()
@@ -371,10 +371,13 @@ async def test_refreshes_off_schedule_are_followed_by_the_first_window(
     """A start, an expired token or a forced refresh: next refresh from 5 %.
 
     A refresh on schedule (the token still valid) is followed by the usual
-    70-80 % window, so a daemon keeps the phase a fleet's first window gave it.
+    min_share-max_share window, so a daemon keeps the phase a fleet's first
+    window gave it.
     """
     server.reply(token_response(expires_in=100))
-    harness = make_keeper(server, tmp_path, RefreshSettings())
+    harness = make_keeper(
+        server, tmp_path, RefreshSettings(min_share=0.7, max_share=0.8)
+    )
     keeper = harness.keeper
     keeper.rng = LowRandom()
     due: list[float] = []

@@ -94,11 +94,15 @@ class Deployment:
         text += toml_table("oauth", {"token_url": token_url})
         text += toml_table("files", {"directory": str(run_dir)})
         text += toml_table("control", {"group": grp.getgrgid(os.getgid()).gr_name})
-        # One daemon measured alone: its first refreshes stay in the 70-80 %
-        # window, so that an idle window with nothing due follows READY and a
-        # restart finds nothing due (tokend spreads them from 5 % by default
-        # so that a fleet started together drifts apart; fleet.py measures that).
-        text += toml_table("refresh", {"first_min_share": 0.7})
+        # One daemon measured alone: its refreshes, the first ones too, fall
+        # in a 70-80 % window, so that an idle minute with nothing due follows
+        # READY and a restart finds nothing due (by default tokend refreshes at
+        # 50-60 %, the first time from 5 % so that a fleet started together
+        # drifts apart; fleet.py measures that). Neither READY, memory nor
+        # the CPU per refresh depends on the window.
+        text += toml_table(
+            "refresh", {"min_share": 0.7, "max_share": 0.8, "first_min_share": 0.7}
+        )
         for name in names:
             text += toml_table(
                 f"tokens.{name}",

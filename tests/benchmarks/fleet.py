@@ -12,9 +12,10 @@ fails as a retryable error (connection refused, no ``Retry-After``), as the
 keeper classifies it.
 
 Scenarios with tokend's default ``[refresh]`` settings carry ``"default":
-true``; the others change only settings (``first_min_share = min_share`` and
-``retry_spread = 0`` give the schedule tokend had before it spread first
-refreshes and retries).
+true``; the others change only settings: ``min_share = 0.7, max_share = 0.8``
+is the refresh window tokend had by default before 50-60 %, and with
+``first_min_share = min_share`` and ``retry_spread = 0`` the schedule it had
+before it spread first refreshes and retries.
 
     python -m tests.benchmarks.fleet [--daemons 10000] [--hours 24]
 
@@ -44,8 +45,14 @@ OUTAGE_SECONDS = 15 * 60.0
 BIN = 60  # seconds per bin of the rates compared with the targets
 PEAK_TARGET = 1.25
 RECOVERY_TARGET = 2.0
-# The schedule before first refreshes and retries were spread.
-UNSPREAD = {"first_min_share": 0.7, "retry_spread": 0.0}
+# The schedule before first refreshes and retries were spread, and its window.
+UNSPREAD = {
+    "min_share": 0.7,
+    "max_share": 0.8,
+    "first_min_share": 0.7,
+    "retry_spread": 0,
+}
+FORMER_WINDOW = {"min_share": 0.7, "max_share": 0.8}
 
 
 @dataclass(frozen=True)
@@ -189,21 +196,21 @@ SCENARIOS = [
     ),
     Scenario(
         "unspread",
-        "first refreshes and retries not spread, no outage",
+        "70-80 %, first refreshes and retries not spread, no outage",
         False,
         RefreshSettings(**UNSPREAD),
     ),
     Scenario(
         "unspread_outage",
-        "first refreshes and retries not spread, 15-min outage",
+        "70-80 %, first refreshes and retries not spread, 15-min outage",
         True,
         RefreshSettings(**UNSPREAD),
     ),
     Scenario(
-        "early_outage",
-        "refresh at 50-60 % (min_share, max_share), 15-min outage",
+        "former_outage",
+        "refresh at 70-80 % (the former default), 15-min outage",
         True,
-        RefreshSettings(min_share=0.5, max_share=0.6),
+        RefreshSettings(**FORMER_WINDOW),
     ),
     Scenario(
         "retry_half_outage",
@@ -247,7 +254,7 @@ def plot(results: dict[str, Outcome], horizon: float) -> list[str]:
         ("unspread_outage", "tab:red"),
         ("retry_half_outage", "tab:orange"),
         ("current_outage", "tab:blue"),
-        ("early_outage", "tab:green"),
+        ("former_outage", "tab:green"),
     ):
         rates = binned(results[name].per_second[int(start) : int(end)], BIN)
         xs = [(start + i * BIN - OUTAGE_START) / 60 for i in range(len(rates))]

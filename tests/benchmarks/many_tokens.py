@@ -7,8 +7,8 @@ tokend's own process is measured. Each run:
 1. cold start with an empty run directory: seconds to ``READY=1`` on a real
    AF_UNIX datagram ``NOTIFY_SOCKET``, CPU until then;
 2. idle: CPU and per-thread wakeups over ``--idle`` seconds in which no token
-   is due (the tokens live ``--lifetime`` seconds and are refreshed at
-   70-80 % of it; the config keeps their first refresh there too);
+   is due (the tokens live ``--lifetime`` seconds and the config has them
+   refreshed at 70-80 % of it, the first time too);
 3. the refresh wave: every token refreshed once; CPU per refresh is the CPU
    of the wave less the idle rate, over the requests the endpoint served;
 4. restarts with every cached token still valid: seconds to ``READY=1`` and
