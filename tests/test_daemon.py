@@ -22,8 +22,9 @@ directory = "{directory}"
 credentials = "tokend/orders"
 audience = "https://orders.example.test"
 """
-# Loaded by the first token request or Vault login, or for private_key_jwt.
-DEFERRED = ("aiohttp", "hvac", "requests", "cryptography")
+# Loaded by the first token request or Vault login, for private_key_jwt, or
+# (watchfiles) when the config watch starts, after READY=1.
+DEFERRED = ("aiohttp", "hvac", "requests", "cryptography", "watchfiles")
 
 
 def test_daemon_and_config_load_without_http_and_vault_clients(

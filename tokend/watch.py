@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
-import watchfiles
+
+if TYPE_CHECKING:
+    import watchfiles
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,10 @@ async def watch_config(
     cancelling: the watcher's thread only looks at it, and a plain
     cancellation would wait for its timeout (seconds).
     """
+    # Imported when the watch starts, after a restart that reused every token
+    # has sent READY=1: with multiprocessing behind it, it costs 5-10 ms.
+    import watchfiles
+
     directory = config.parent.resolve()
     target = directory / config.name
 
