@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from tokend.batches import Batches
@@ -93,6 +94,37 @@ def build_request(config: TokenConfig) -> TokenRequest:
     )
 
 
+class Flag:
+    """A one-way event that makes an :class:`anyio.Event` only for a waiter.
+
+    Every keeper holds one (``settled``) and an Event costs about 0.8 KB;
+    only the start waits, and only for keepers not settled yet.
+    """
+
+    __slots__ = ("_event", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._event: anyio.Event | None = None
+
+    def set(self) -> None:
+        self._set = True
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self) -> None:
+        if self._set:
+            await anyio.lowlevel.checkpoint()
+            return
+        if self._event is None:
+            self._event = anyio.Event()
+        await self._event.wait()
+
+
 @dataclass
 class TokenKeeper:
     """Keeps one token fresh in its file until cancelled."""
@@ -119,11 +151,12 @@ class TokenKeeper:
         self.request = build_request(self.config)
         self.fingerprint = self.request.fingerprint(self.config.credentials_source)
         self.authenticator = make_authenticator(self.config, self.vault)
-        self.settled = anyio.Event()  # set after the first attempt, good or bad
+        self.settled = Flag()  # set after the first attempt, good or bad
         self._current: _Current | None = None
-        self._wake = anyio.Event()
+        # The sleep between attempts, while there is one: refresh_now() and
+        # recheck() cancel it (an Event per keeper would cost 0.8 KB).
+        self._nap: anyio.CancelScope | None = None
         self._forced = False
-        self._sleeping = False
         self._attempt = 0
         # True until a token is obtained or reused on schedule. The next
         # refresh after a start without a usable cached token, a changed
@@ -153,11 +186,14 @@ class TokenKeeper:
         """Ask the keeper to refresh at once (e.g. ``tokend refresh NAME``)."""
         self._forced = True
         self._off_schedule = True
-        self._wake.set()
+        self.recheck()
 
     def recheck(self) -> None:
         """Look at the clocks again now (after a resume or a clock step)."""
-        self._wake.set()
+        # Not sleeping: the keeper looks at the clocks (and _forced) before
+        # its next sleep anyway.
+        if self._nap is not None:
+            self._nap.cancel()
 
     async def run(self) -> None:
         try:
@@ -582,7 +618,7 @@ class TokenKeeper:
         A sleeping keeper is waiting, not stuck; a busy one is bounded by its
         Vault and token request timeouts.
         """
-        return 0.0 if self._sleeping else self.clock.boottime() - self.heartbeat
+        return 0.0 if self._nap is not None else self.clock.boottime() - self.heartbeat
 
     async def _sleep_until(self, due: Deadline) -> None:
         while True:
@@ -594,18 +630,15 @@ class TokenKeeper:
                 )
             if pause <= 0 or self._forced:
                 self._forced = False
-                self._wake = anyio.Event()
                 self.heartbeat = self.clock.boottime()
                 return
-            self._sleeping = True
             try:
-                with anyio.move_on_after(pause):
-                    await self._wake.wait()
+                with anyio.CancelScope() as self._nap:
+                    await anyio.sleep(pause)
             finally:
-                self._sleeping = False
+                # Woken or not, loop and look at the clocks again.
+                self._nap = None
                 self.heartbeat = self.clock.boottime()
-            if self._wake.is_set() and not self._forced:
-                self._wake = anyio.Event()  # a recheck: loop and look again
 
     async def _expire_if_due(self) -> None:
         current = self._current
