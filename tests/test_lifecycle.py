@@ -30,7 +30,7 @@ from tests.support.quirk_server import (
 from tokend import schedule
 from tokend.config import RefreshSettings, Settings, TokenSettings
 from tokend.config import VaultSettings as VaultConfig
-from tokend.lifecycle import TokenKeeper
+from tokend.lifecycle import Flag, TokenKeeper
 from tokend.oauth import TokenEndpoint
 from tokend.resolve import resolve_tokens
 from tokend.state import StateStore
@@ -52,7 +52,7 @@ class CountingVault(VaultSource):
         self.fresh_reads = 0
 
     async def read_credentials(
-        self, path: str, *, fresh: bool = False
+        self, path: str, *, fresh: bool = False, secret: bool = True
     ) -> ClientCredentials:
         self.reads += 1
         self.fresh_reads += fresh
@@ -430,3 +430,107 @@ async def test_retry_while_the_token_is_valid_waits_within_its_validity(
     assert harness.path.read_text() == "first-token"
     assert len(server.requests()) == 1 + schedule.PLAIN_RETRIES + 1
     assert wait - min(3, wait / 2) < next_retry <= wait
+
+
+class MidRandom(random.Random):
+    """Every draw in the middle of its range."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return (a + b) / 2
+
+
+async def obtain_once(server: QuirkServer, tmp_path: Path, lifetime: int) -> str:
+    """Let a first keeper publish a token and stop; return the token."""
+    server.reply(token_response(expires_in=lifetime))
+    first = make_keeper(server, tmp_path, RefreshSettings())
+    async with anyio.create_task_group() as group:
+        group.start_soon(first.keeper.run)
+        await wait_for(lambda: first.keeper.status.state == "fresh")
+        group.cancel_scope.cancel()
+    await first.endpoint.aclose()
+    return first.path.read_text()
+
+
+async def test_restore_cached_takes_over_an_intact_token_without_a_task(
+    server: QuirkServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the daemon does for every keeper before READY=1 on a restart."""
+    token = await obtain_once(server, tmp_path, 1000)
+    requests = len(server.requests())
+
+    again = make_keeper(server, tmp_path, RefreshSettings())
+    again.keeper.load_cache()
+    assert again.keeper.reuses_cache()
+    assert again.keeper.restore_cached()
+    assert again.keeper.settled.is_set()
+    assert again.keeper.status.state == "fresh"
+    assert again.keeper.reuses_cache()  # still true for the read-ahead split
+
+    def no_disk() -> None:
+        raise AssertionError("restore() read the cache again")
+
+    monkeypatch.setattr(again.keeper, "_read_cache", no_disk)
+    due = await again.keeper.restore()
+    # Refreshed on schedule: 50-60 % of 1000 s after issue.
+    assert 480 <= due.remaining(again.clock) <= 600
+    assert len(server.requests()) == requests
+    assert again.path.read_text() == token
+    await again.endpoint.aclose()
+
+    changed = make_keeper(server, tmp_path, RefreshSettings(), scopes=["other"])
+    changed.keeper.load_cache()
+    assert not changed.keeper.restore_cached()  # another request: fetched anew
+    assert not changed.keeper.settled.is_set()
+    await changed.endpoint.aclose()
+
+
+async def test_a_restored_token_past_its_moment_is_refreshed_over_the_window(
+    server: QuirkServer, tmp_path: Path
+) -> None:
+    """Tokens whose refresh moment passed (an upgrade moved the window) do not
+    all refresh at once, and their next refresh comes from the first window."""
+    await obtain_once(server, tmp_path, 1000)
+    again = make_keeper(server, tmp_path, RefreshSettings())
+    again.keeper.rng = MidRandom()
+    again.clock.boot_offset = again.clock.wall_offset = 700  # past 50-60 %
+    server.reply(token_response(expires_in=1000))
+    due: list[float] = []
+
+    async with anyio.create_task_group() as group:
+        again.keeper.load_cache()
+        assert again.keeper.restore_cached()
+        group.start_soon(again.keeper.run)
+        await anyio.sleep(0.05)
+        due.append(again.keeper.seconds_until_refresh() or 0.0)
+        jump(again, 60)
+        await wait_for(lambda: again.keeper.status.generation == 2)
+        await wait_for(lambda: again.keeper.status.state == "fresh")
+        await anyio.sleep(0.05)
+        due.append(again.keeper.seconds_until_refresh() or 0.0)
+        group.cancel_scope.cancel()
+    await again.endpoint.aclose()
+
+    # Over the window's width (100 s, within the 290 s left less the
+    # margin): the middle, not 0. Then the first window, 5-60 %: its middle.
+    assert [round(d) for d in due] == [50, 325]
+
+
+async def test_flag_wakes_every_waiter_and_a_late_one_at_once() -> None:
+    flag = Flag()
+    woken: list[int] = []
+
+    async def waiter(number: int) -> None:
+        await flag.wait()
+        woken.append(number)
+
+    async with anyio.create_task_group() as group:
+        for number in range(3):
+            group.start_soon(waiter, number)
+        with anyio.move_on_after(0.05):  # a waiter that gives up leaves no trace
+            await flag.wait()
+        await anyio.sleep(0.05)
+        assert woken == [] and not flag.is_set()
+        flag.set()
+    assert sorted(woken) == [0, 1, 2] and flag.is_set()
+    with anyio.fail_after(1):
+        await flag.wait()  # set before the wait: returns at once

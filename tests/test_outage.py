@@ -51,27 +51,41 @@ def test_oauth_outage_keeps_the_token_and_recovers_within_one_backoff(
 def test_oauth_outage_retries_within_the_validity_left_and_refreshes_in_time(
     stack: Stack,
 ) -> None:
-    """With the default retry_spread, the catch-up still lands before expiry."""
+    """With the default retry_spread, retries wait within the validity left,
+    longer than any backoff, and the catch-up still lands before expiry."""
     stack.add_service("orders")
-    stack.oauth.set_ttl(24)
+    stack.oauth.set_ttl(30)
     stack.write_config(
         {"orders": stack.token_entry("orders")},
-        refresh={"retry_initial": 1.0, "retry_max": 4.0, "margin": 4.0},
+        # Refreshed 1.5-4.5 s after issue: 20 s and more of validity to spread
+        # over; plain backoff would retry every second at most.
+        refresh={
+            "min_share": 0.1,
+            "max_share": 0.15,
+            "retry_initial": 0.25,
+            "retry_max": 1.0,
+            "margin": 4.0,
+        },
     )
     daemon = stack.start()
     daemon.wait_for_log("ready")
-    expires = time.monotonic() + 24
+    expires = time.monotonic() + 30
     valid = stack.read_token("orders")
     stack.oauth.fail_next(503, count=10_000)
 
-    daemon.wait_for_log("refresh failed token=orders kind=retryable", timeout=25)
-    time.sleep(2)
+    # A repeated failure is logged at INFO only for a wait past retry_max:
+    # one spread over the validity left (never with retry_spread = 0).
+    spread = "INFO refresh failed token=orders kind=retryable retry_in="
+    daemon.wait_for_log(spread, timeout=30)
+    waited_at = time.monotonic()
+    retry_in = int(daemon.log().split(spread, 1)[1].split("s", 1)[0])
     still = stack.read_token("orders")
     stack.oauth.fail_next(503, count=0)
-    daemon.wait_for_log("token refreshed token=orders", count=2, timeout=25)
+    daemon.wait_for_log("token refreshed token=orders", count=2, timeout=30)
     refreshed_at = time.monotonic()
 
     assert still == valid
+    assert 1 <= retry_in <= expires - 4 - waited_at + 1
     assert refreshed_at < expires
     assert stack.read_token("orders") != valid
     assert "token expired" not in daemon.log()

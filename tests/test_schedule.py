@@ -70,7 +70,7 @@ def test_refresh_after_follows_configured_shares() -> None:
 
 
 @pytest.mark.parametrize(
-    ("lifetime", "margin"), [(30, 15), (40, 20), (100, 45), (600, 300)]
+    ("lifetime", "margin"), [(30, 14), (40, 18), (100, 45), (600, 250)]
 )
 def test_refresh_after_short_lifetime_ends_margin_before_expiry(
     lifetime: float, margin: float
@@ -203,11 +203,11 @@ def test_first_refresh_window_spans_a_refresh_period(lifetime: float) -> None:
 
 
 def test_first_refresh_window_still_ends_margin_before_expiry() -> None:
-    # The window would end at 18 s; the margin ends it at 15 s, scaled.
-    moments = draw_first_refreshes(30, RefreshPolicy(margin=15))
+    # The window would end at 18 s; the margin ends it at 16 s, scaled.
+    moments = draw_first_refreshes(30, RefreshPolicy(margin=14))
 
-    assert max(moments) <= 15
-    assert min(moments) >= 0.05 * 30 * 15 / 18
+    assert max(moments) <= 16
+    assert min(moments) >= 0.05 * 30 * 16 / 18
 
 
 @pytest.mark.parametrize(

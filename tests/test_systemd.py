@@ -201,6 +201,7 @@ def test_restart_is_ready_once_the_tokens_it_could_not_reuse_are_written(
     stack: Stack, notify_socket: NotifyFactory
 ) -> None:
     """Reused tokens are ready at once; a token added meanwhile holds READY=1 up."""
+    stack.oauth.set_ttl(3600)  # nothing falls due during the test
     for name in ("orders", "billing"):
         stack.add_service(name)
     stack.write_config({name: stack.token_entry(name) for name in stack.services})

@@ -136,6 +136,19 @@ def _load_caches(keepers: list[TokenKeeper]) -> None:
             logger.debug("cache not read ahead token=%s", keeper.name, exc_info=True)
 
 
+def _take_over_cache(keeper: TokenKeeper) -> bool:
+    """Reuse an intact cached token now; True if the keeper reuses its cache.
+
+    A token whose files are intact is taken over here, in one pass without a
+    task switch, and its keeper's restore() only looks it up.
+    """
+    try:
+        return keeper.restore_cached() or keeper.reuses_cache()
+    except Exception:  # the keeper restores again itself, under its crash guard
+        logger.debug("cache not taken over token=%s", keeper.name, exc_info=True)
+        return False
+
+
 @dataclass(frozen=True)
 class TokenDiff:
     added: list[str]
@@ -310,9 +323,7 @@ class Daemon:
         restored = _Countdown(len(keepers))
         for keeper in keepers:
             keeper.on_restored = restored.count
-            # A token whose files are intact is reused here, in one pass
-            # without a task switch; its keeper's restore() only looks it up.
-            reused = keeper.restore_cached() or keeper.reuses_cache()
+            reused = _take_over_cache(keeper)
             if path := keeper.authenticator.credentials_path:
                 paths[reused].append(path)
         now = vault.plan_read_ahead(paths[False])

@@ -598,9 +598,22 @@ class TokenKeeper:
     def _refresh_deadline(self, token: AccessToken, first: bool = False) -> Deadline:
         assert self._current is not None
         lifetime = token.lifetime
-        delay = refresh_after(lifetime, self.policy, self.rng, first)
-        age = lifetime - self._current.expiry.remaining(self.clock)
-        due = Deadline.after(self.clock, max(0.0, delay - age))
+        policy = self.policy
+        delay = refresh_after(lifetime, policy, self.rng, first)
+        remaining = self._current.expiry.remaining(self.clock)
+        wait = delay - (lifetime - remaining)
+        if wait < 0:
+            # A restored token whose moment passed while no tokend ran, or
+            # that a new window put in the past (an upgrade, a reload with
+            # smaller shares): refreshed over the window's width, not all
+            # such tokens at once, and the next moment comes from the first
+            # window, so that they do not stay in step.
+            width = (policy.max_share - policy.min_share) * lifetime
+            wait = self.rng.uniform(
+                0.0, max(0.0, min(remaining - policy.margin, width))
+            )
+            self._off_schedule = True
+        due = Deadline.after(self.clock, wait)
         self.status.next_refresh = format_time(datetime.fromtimestamp(due.wall, UTC))
         return due
 

@@ -40,7 +40,11 @@ async def watch_config(
     """
     # Imported when the watch starts, after a restart that reused every token
     # has sent READY=1: with multiprocessing behind it, it costs 5-10 ms.
-    import watchfiles
+    try:
+        import watchfiles
+    except ImportError as exc:  # a broken install; SIGHUP still reloads
+        logger.warning("not watching %s for changes: %s", config.parent, exc)
+        return
 
     directory = config.parent.resolve()
     target = directory / config.name
