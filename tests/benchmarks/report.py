@@ -542,7 +542,8 @@ def peer_section(peer: dict[str, Any], imports: dict[str, Any]) -> str:
     agent = f"OpenBao Agent {version}" if version else "OpenBao Agent (`bao agent`)"
     text = (
         "Both at once on the same machine and the same OpenBao server, measured "
-        f"over {fmt(seconds)} s once their files are written (one run). tokend: "
+        f"over {fmt(seconds)} s once their files are written (one run; CPU is "
+        "the nanoseconds each thread ran, from schedstat, not clock ticks). tokend: "
         f"{setup.get('tokend', '-')}. {agent}: {setup.get('bao_agent', '-')}; "
         f"binary `{setup.get('bao_binary', '-')}`.\n\n"
         + table(("", "tokend", "OpenBao Agent"), rows)
