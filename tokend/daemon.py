@@ -29,7 +29,7 @@ from tokend.control import ControlServer, ControlState
 from tokend.early import reload_was_requested
 from tokend.errors import ConfigError, TokendError
 from tokend.files import DirectoryLock, prepare_directory, remove_file
-from tokend.lifecycle import TokenKeeper
+from tokend.lifecycle import Flag, TokenKeeper
 from tokend.metrics import Metrics
 from tokend.oauth import TokenEndpoint
 from tokend.state import StateStore
@@ -174,26 +174,12 @@ def diff_tokens(
 class _Running:
     """A keeper's task: its cancel scope, and whether it has ended."""
 
-    __slots__ = ("_done", "finished", "keeper", "scope")
+    __slots__ = ("ended", "keeper", "scope")
 
     def __init__(self, keeper: TokenKeeper, scope: anyio.CancelScope) -> None:
         self.keeper, self.scope = keeper, scope
-        self.finished = False
-        # Made only when someone waits for the end: an Event per token costs
-        # about 0.7 KB, and only a reload or removal ever waits.
-        self._done: anyio.Event | None = None
-
-    def finish(self) -> None:
-        self.finished = True
-        if self._done is not None:
-            self._done.set()
-
-    async def wait_done(self) -> None:
-        if self.finished:
-            return
-        if self._done is None:
-            self._done = anyio.Event()
-        await self._done.wait()
+        # A Flag, not an Event: only a reload or a removal ever waits.
+        self.ended = Flag()
 
     async def stop(self) -> None:
         """Cancel the keeper and wait until a write it started has finished.
@@ -203,12 +189,12 @@ class _Running:
         """
         self.scope.cancel()
         with anyio.move_on_after(STOP_GRACE):
-            await self.wait_done()
-        if not self.finished:
+            await self.ended.wait()
+        if not self.ended.is_set():
             logger.warning(
                 "waiting for a file write to finish token=%s", self.keeper.name
             )
-            await self.wait_done()
+            await self.ended.wait()
 
 
 class Daemon:
@@ -373,7 +359,7 @@ class Daemon:
             await self._keep_running(running)
         finally:
             running.keeper.settled.set()  # a stopped keeper holds up nothing
-            running.finish()
+            running.ended.set()
 
     async def _keep_running(self, running: _Running) -> None:
         with running.scope:

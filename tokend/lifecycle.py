@@ -97,8 +97,9 @@ def build_request(config: TokenConfig) -> TokenRequest:
 class Flag:
     """A one-way event that makes an :class:`anyio.Event` only for a waiter.
 
-    Every keeper holds one (``settled``) and an Event costs about 0.8 KB;
-    only the start waits, and only for keepers not settled yet.
+    For what every token holds but few wait for (an Event costs about 0.8 KB):
+    a keeper's ``settled``, which only the start waits for, and the daemon's
+    record that a keeper's task ended, which only a reload or removal waits for.
     """
 
     __slots__ = ("_event", "_set")
